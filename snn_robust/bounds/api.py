@@ -1,0 +1,122 @@
+"""The public bound entry point, :func:`compute_bounds`.
+
+Shape glossary: ``T'`` bound steps, ``B`` batch, ``C`` classes, ``S`` specification rows.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..network import SpikingNetwork
+from .crown import s_crown
+from .ibp import IBPResult, s_ibp
+
+__all__ = ["compute_bounds", "margin_spec", "METHODS"]
+
+METHODS = ("ibp", "crown-ibp", "crown-ibp-adaptive", "best")
+"""``ibp``: S-IBP (Eq. 7, 9, 11). ``crown-ibp``: S-CROWN (Eq. 8, 10, Algorithm 2) with
+S-IBP intermediate bounds, the paper's relaxation. ``crown-ibp-adaptive``: the same with
+the reset planes chosen per neuron among the four faces of the reset's convex hull.
+``best``: the elementwise maximum of all three (each is sound, so their max is)."""
+
+Method = Literal["ibp", "crown-ibp", "crown-ibp-adaptive", "best"]
+
+
+def margin_spec(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The paper's margin specification ``[B, C-1, C]``: rows ``e_y - e_j`` for every
+    ``j != y``, in increasing ``j``."""
+    B = labels.shape[0]
+    eye = torch.eye(num_classes, dtype=dtype, device=labels.device)
+    spec = eye[labels].unsqueeze(1) - eye.unsqueeze(0)  # [B, C, C], row j = e_y - e_j
+    keep = torch.arange(num_classes, device=labels.device).unsqueeze(0) != labels.unsqueeze(1)
+    return spec[keep].reshape(B, num_classes - 1, num_classes)
+
+
+def _ibp_spec_lower(ibp: IBPResult, spec: Tensor) -> Tensor:
+    rl, ru = ibp.rates()
+    return (spec.clamp(min=0) * rl.unsqueeze(1)).sum(-1) + (spec.clamp(max=0) * ru.unsqueeze(1)).sum(-1)
+
+
+def _validate(network: SpikingNetwork, lower: Tensor, upper: Tensor, labels: Tensor | None, method: str) -> None:
+    if not isinstance(network, SpikingNetwork):
+        raise TypeError(
+            f"compute_bounds needs a SpikingNetwork, got {type(network).__name__}; convert framework models with "
+            "snn_robust.from_snntorch / from_spikingjelly"
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(lower, Tensor) or not isinstance(upper, Tensor):
+        raise TypeError("lower and upper must be tensors")
+    if lower.shape != upper.shape:
+        raise ValueError(f"lower and upper must have the same shape, got {tuple(lower.shape)} and {tuple(upper.shape)}")
+    if lower.dim() < 3:
+        raise ValueError(f"input bounds must be time-major [T', B, *input_shape], got shape {tuple(lower.shape)}")
+    if not lower.is_floating_point() or not upper.is_floating_point():
+        raise TypeError(f"input bounds must be floating point, got {lower.dtype} and {upper.dtype}")
+    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        raise ValueError("input bounds contain NaN or infinite values")
+    if (lower > upper).any():
+        worst = (lower - upper).max().item()
+        raise ValueError(f"lower > upper somewhere (by up to {worst:g}); the input bounds must satisfy lower <= upper")
+    if network.input_coding == "spike":
+        for name, x in (("lower", lower), ("upper", upper)):
+            if not ((x == 0) | (x == 1)).all():
+                raise ValueError(
+                    f"{name} must be binary (0/1) for a spike-input network; use input_coding='direct' for analog "
+                    "inputs (DirectLinf) or build spike bounds with DigitalLinf / SpikeL0"
+                )
+    if labels is not None:
+        B = lower.shape[1]
+        if labels.dtype not in (torch.int64, torch.int32) or labels.shape != (B,):
+            raise ValueError(f"labels must be an integer tensor of shape [{B}], got {labels.dtype} {tuple(labels.shape)}")
+
+
+def compute_bounds(
+    network: SpikingNetwork,
+    lower: Tensor,
+    upper: Tensor,
+    labels: Tensor | None = None,
+    method: Method = "crown-ibp",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Certified bounds of a spiking network's output rates over an input box.
+
+    Args:
+        network: the :class:`SpikingNetwork`.
+        lower, upper: ``[T', B, *input_shape]`` input bounds with ``lower <= upper``;
+            binary for spike inputs, real for a direct-coded first layer.
+        labels: ``LongTensor[B]``. With labels the result is ``[B, C-1]``: lower bounds of
+            ``rate[y] - rate[j]`` for every ``j != y``, in increasing ``j``; a sample is
+            verified (for these input bounds) when all are ``> 0``. Without labels the
+            result is ``(lb, ub)``, each ``[B, C]``, bounds on the output rates.
+        method: one of :data:`METHODS`.
+
+    The result is differentiable with respect to the network's parameters.
+    """
+    _validate(network, lower, upper, labels, method)
+    ibp = s_ibp(network, lower, upper)
+    rl, _ = ibp.rates()
+    B, C = rl.shape
+    if labels is not None:
+        if ((labels < 0) | (labels >= C)).any():
+            raise ValueError(f"labels must lie in [0, {C - 1}] for a network with {C} outputs")
+        spec = margin_spec(labels, C, rl.dtype)
+    else:
+        eye = torch.eye(C, dtype=rl.dtype, device=rl.device)
+        spec = torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * C, C)
+
+    found = []
+    if method in ("ibp", "best"):
+        found.append(_ibp_spec_lower(ibp, spec))
+    if method in ("crown-ibp", "best"):
+        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False))
+    if method in ("crown-ibp-adaptive", "best"):
+        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=True))
+    lb = found[0]
+    for other in found[1:]:
+        lb = torch.maximum(lb, other)
+
+    if labels is not None:
+        return lb
+    return lb[:, :C], -lb[:, C:]

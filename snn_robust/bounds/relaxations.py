@@ -1,0 +1,195 @@
+"""Relaxations of the LIF neuron's two nonlinear pieces, as pure functions.
+
+Shape glossary: every tensor here is elementwise over the neuron shape ``[B, N...]``
+(or ``[T, B, N...]``); ``th`` broadcasts against it.
+
+The pieces are the fire function ``s = fire(m - th)`` (Eq. 1-2, 7, 8) and the reset,
+``z = m (1 - s)`` for a hard reset (Eq. 9, 10) or the linear ``alpha m - kappa th s`` for
+a soft one. Each relaxation holds for every ``m`` in ``[ml, mu]``.
+
+**Where the threshold is.** ``>`` firing fires on ``m > th`` and is silent at ``m == th``;
+``>=`` fires at ``m == th``. Both are handled by one rule: a neuron is *stable* only when
+its whole interval clears a band ``[th - tol, th + tol]``; every neuron whose interval
+meets the band is treated as unstable, with a step anywhere in the band. This is exact
+for either comparison at ``m == th`` (the band contains it) and also absorbs the
+floating-point difference between the bound arithmetic and a framework's own forward
+pass (a sum in another order can move ``m`` across ``th`` by a few ulps).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_TOL",
+    "Stability",
+    "stability",
+    "FireRelaxation",
+    "fire_relaxation",
+    "fire_interval",
+    "ResetRelaxation",
+    "reset_relaxation",
+    "reset_interval",
+    "soft_reset_interval",
+]
+
+DEFAULT_TOL = 1e-5
+"""Half-width of the threshold band, relative to ``max(1, |th|)``."""
+
+
+class Stability(NamedTuple):
+    """Masks over the neurons: surely firing, surely silent, or unstable."""
+
+    fires: Tensor
+    silent: Tensor
+    unstable: Tensor
+    th_lo: Tensor
+    th_hi: Tensor
+
+
+def stability(ml: Tensor, mu: Tensor, th: Tensor, tol: float = DEFAULT_TOL) -> Stability:
+    """Classify neurons by their membrane interval ``[ml, mu]`` against ``th``.
+
+    ``fires`` iff ``ml > th + tol'``, ``silent`` iff ``mu < th - tol'`` with
+    ``tol' = tol * max(1, |th|)``; both comparisons (``>``, ``>=``) agree on these.
+    """
+    band = tol * torch.clamp(th.abs(), min=1.0)
+    th_lo, th_hi = th - band, th + band
+    fires = ml > th_hi
+    silent = mu < th_lo
+    return Stability(fires, silent, ~(fires | silent), th_lo, th_hi)
+
+
+def fire_interval(st: Stability) -> tuple[Tensor, Tensor]:
+    """S-IBP of the fire function (Eq. 7): ``s^l = 1`` iff surely firing, ``s^u = 0``
+    iff surely silent."""
+    return st.fires.float(), (~st.silent).float()
+
+
+class FireRelaxation(NamedTuple):
+    """``dl * m + bl <= s <= du * m + bu`` on ``[ml, mu]``."""
+
+    dl: Tensor
+    bl: Tensor
+    du: Tensor
+    bu: Tensor
+
+
+def fire_relaxation(ml: Tensor, mu: Tensor, st: Stability) -> FireRelaxation:
+    """S-CROWN relaxation of the fire function (Eq. 8, typo fixed).
+
+    Stable neurons are constants (``s = 1`` or ``s = 0``, slopes 0). For an unstable
+    neuron, with the step somewhere in ``[th_lo, th_hi]``:
+
+    * if ``mu - th >= th - ml``: ``(m - th_hi) / (mu - th_hi) <= s <= 1``
+      (the line through ``(th_hi, 0)`` and ``(mu, 1)``);
+    * else: ``0 <= s <= (m - ml) / (th_lo - ml)``
+      (the line through ``(ml, 0)`` and ``(th_lo, 1)``).
+
+    The choice minimises the area between each line and the step (either bound's area
+    criterion reduces to the same comparison). When a line would need a zero-width
+    denominator (the interval sits inside the band) the constants ``0 <= s <= 1`` are
+    used.
+    """
+    zero = torch.zeros_like(ml)
+    one = torch.ones_like(ml)
+    a = mu - st.th_hi  # room above the band
+    b = st.th_lo - ml  # room below the band
+    th = (st.th_lo + st.th_hi) / 2
+    lower_line = st.unstable & (mu - th >= th - ml) & (a > 0)
+    upper_line = st.unstable & ~lower_line & (b > 0)
+
+    safe_a = torch.where(lower_line, a, one)
+    safe_b = torch.where(upper_line, b, one)
+    dl = torch.where(lower_line, 1.0 / safe_a, zero)
+    bl = torch.where(lower_line, -st.th_hi / safe_a, torch.where(st.fires, one, zero))
+    du = torch.where(upper_line, 1.0 / safe_b, zero)
+    bu = torch.where(upper_line, -ml / safe_b, torch.where(st.silent, zero, one))
+    return FireRelaxation(dl, bl, du, bu)
+
+
+def reset_interval(ml: Tensor, mu: Tensor, st: Stability) -> tuple[Tensor, Tensor]:
+    """S-IBP of the hard-reset product ``z = m (1 - s)`` (Eq. 9).
+
+    Silent: ``[ml, mu]``; firing: ``[0, 0]``; unstable: the silent part of the interval
+    gives ``m`` in ``[ml, min(mu, th_hi)]`` and the firing part gives 0, so
+    ``z in [min(0, ml), max(0, min(mu, th_hi))]`` (Eq. 9 has ``th`` as the upper end;
+    ``min(mu, th_hi)`` is never looser).
+    """
+    zero = torch.zeros_like(ml)
+    zl = torch.where(st.silent, ml, torch.where(st.fires, zero, torch.clamp(ml, max=0.0)))
+    zu = torch.where(
+        st.silent, mu, torch.where(st.fires, zero, torch.clamp(torch.minimum(mu, st.th_hi), min=0.0))
+    )
+    return zl, zu
+
+
+class ResetRelaxation(NamedTuple):
+    """``al*m + bl*s + cl <= z <= au*m + bu*s + cu`` for ``z = m (1 - s)``."""
+
+    al: Tensor
+    bl: Tensor
+    cl: Tensor
+    au: Tensor
+    bu: Tensor
+    cu: Tensor
+
+
+def reset_relaxation(ml: Tensor, mu: Tensor, st: Stability, adaptive: bool = False) -> ResetRelaxation:
+    """S-CROWN relaxation of the hard-reset product ``z = m (1 - s)`` (Eq. 10).
+
+    Stable silent: ``z = m``; stable firing: ``z = 0``. Unstable: the reachable points
+    ``(m, s, z)`` are ``(m, 0, m)`` for ``m`` up to the step and ``(m, 1, 0)`` past it;
+    their convex hull is the tetrahedron on ``(ml, 0, ml)``, ``(th, 0, th)``,
+    ``(th, 1, 0)``, ``(mu, 1, 0)``. Its four faces are the four valid planes:
+
+    * upper ``z <= th_hi (1 - s)`` and lower ``z >= ml (1 - s)``: the paper's Eq. 10;
+    * upper ``z <= m - th_lo s`` and lower ``z >= m - mu s``: the two other faces.
+
+    ``adaptive=False`` always uses the paper's planes. ``adaptive=True`` picks, per
+    neuron, the pair whose gap to the hull has the smaller integral over the
+    ``(m, s)`` region: the paper's pair when ``mu - th >= th - ml`` (mostly firing),
+    the other pair otherwise (mostly silent, where ``z`` follows ``m``).
+    """
+    zero = torch.zeros_like(ml)
+    one = torch.ones_like(ml)
+    silent = st.silent.to(ml.dtype)
+    th = (st.th_lo + st.th_hi) / 2
+    if adaptive:
+        other = st.unstable & (mu - th < th - ml)
+    else:
+        other = torch.zeros_like(st.unstable)
+    paper = st.unstable & ~other
+
+    th_hi = st.th_hi.expand_as(ml)
+    th_lo = st.th_lo.expand_as(ml)
+    # lower: paper  ml(1-s) = -ml*s + ml ; other  m - mu*s
+    al = torch.where(other, one, silent)
+    bl = torch.where(paper, -ml, torch.where(other, -mu, zero))
+    cl = torch.where(paper, ml, zero)
+    # upper: paper  th_hi(1-s) ; other  m - th_lo*s
+    au = torch.where(other, one, silent)
+    bu = torch.where(paper, -th_hi, torch.where(other, -th_lo, zero))
+    cu = torch.where(paper, th_hi, zero)
+    return ResetRelaxation(al, bl, cl, au, bu, cu)
+
+
+def soft_reset_interval(
+    ml: Tensor, mu: Tensor, st: Stability, alpha: Tensor, kappa: Tensor, th: Tensor
+) -> tuple[Tensor, Tensor]:
+    """S-IBP of the soft-reset carry ``c = alpha m - kappa th s`` with ``s = fire(m)``.
+
+    The carry is a function of ``m`` alone, linear on each side of the step with a drop
+    of ``kappa th`` at it, so its exact range over ``[ml, mu]`` is the union of the two
+    pieces (``alpha >= 0``): silent part ``alpha [ml, min(mu, th_hi)]``, firing part
+    ``alpha [max(ml, th_lo), mu] - kappa th``. Bounding ``m`` and ``s`` separately
+    would lose this coupling.
+    """
+    drop = kappa * th
+    silent_l, silent_u = alpha * ml, alpha * torch.minimum(mu, st.th_hi)
+    fire_l, fire_u = alpha * torch.maximum(ml, st.th_lo) - drop, alpha * mu - drop
+    lower = torch.where(st.silent, alpha * ml, torch.where(st.fires, alpha * ml - drop, torch.minimum(silent_l, fire_l)))
+    upper = torch.where(st.silent, alpha * mu, torch.where(st.fires, alpha * mu - drop, torch.maximum(silent_u, fire_u)))
+    return lower, upper

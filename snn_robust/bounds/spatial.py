@@ -1,0 +1,239 @@
+"""Bound operators for the spatial layers (Eq. 11 and the spatial step of Algorithm 2).
+
+Shape glossary: ``M`` folded time and batch (``T * B``), ``S`` specification rows,
+``X...`` a layer's input shape, ``Y...`` its output shape.
+
+Each operator wraps the user's torch module (sharing its parameters) and knows two
+things, in the manner of auto_LiRPA's bound modules:
+
+* ``interval(l, u)``: the S-IBP output interval for inputs in ``[l, u]`` (``[M, X...]``);
+* ``backward(A, l, u)``: for coefficients ``A`` (``[M, S, Y...]``) on the output, the
+  coefficients on the input and a bias ``[M, S]`` such that ``A . out >= A' . in + bias``
+  for every input in ``[l, u]`` (lower bound; linear layers are exact).
+
+Eq. 11 is written for binary inputs as ``center = W s^l + b``,
+``sp^{u,l} = center + W^{+,-} (s^u - s^l)``; for any interval this equals the
+midpoint/radius form ``W mid + b +- |W| rad`` used here, which needs two products
+instead of three and also serves direct-coded (analog) inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedLayerError
+
+__all__ = ["BoundOp", "BoundLinear", "BoundConv2d", "BoundAvgPool2d", "BoundMaxPool2d", "BoundFlatten", "bound_op"]
+
+
+def _fold(A: Tensor, n_lead: int) -> tuple[Tensor, tuple[int, ...]]:
+    lead = tuple(A.shape[:n_lead])
+    return A.reshape(math.prod(lead), *A.shape[n_lead:]), lead
+
+
+class BoundOp:
+    """Base class: a spatial layer seen by the bound engine."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} ({self.name}) has no interval bound")
+
+    def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} ({self.name}) has no backward bound")
+
+
+class _AffineOp(BoundOp):
+    """``y = f(x) + b`` with ``f`` linear: interval by midpoint/radius, backward exact."""
+
+    def linear(self, x: Tensor) -> Tensor:  # f(x), no bias
+        raise NotImplementedError
+
+    def abs_linear(self, x: Tensor) -> Tensor:  # |f|(x)
+        raise NotImplementedError
+
+    def bias_term(self, A: Tensor) -> Tensor:  # A . b, [M, S]
+        raise NotImplementedError
+
+    def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:  # A f, [M*S, X...]
+        raise NotImplementedError
+
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        mid, rad = (u + l) / 2, (u - l) / 2
+        centre = self.module(mid)
+        spread = self.abs_linear(rad)
+        return centre - spread, centre + spread
+
+    def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        flat, lead = _fold(A, 2)
+        prev = self.transpose(flat, tuple(l.shape[1:]))
+        return prev.reshape(*lead, *prev.shape[1:]), self.bias_term(A)
+
+
+class BoundLinear(_AffineOp):
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.module.weight.abs())
+
+    def bias_term(self, A: Tensor) -> Tensor:
+        b = self.module.bias
+        return A.new_zeros(A.shape[:2]) if b is None else A @ b
+
+    def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        return A @ self.module.weight
+
+    def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        return A @ self.module.weight, self.bias_term(A)
+
+
+class BoundConv2d(_AffineOp):
+    def __init__(self, module: nn.Conv2d, name: str) -> None:
+        super().__init__(module, name)
+        if module.padding_mode != "zeros":
+            raise UnsupportedLayerError(
+                f"layer {name} (Conv2d): padding_mode={module.padding_mode!r} is not supported; use 'zeros'"
+            )
+        if isinstance(module.padding, str):
+            raise UnsupportedLayerError(
+                f"layer {name} (Conv2d): padding={module.padding!r} is not supported; give the padding as numbers"
+            )
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        c = self.module
+        return F.conv2d(x, c.weight.abs(), None, c.stride, c.padding, c.dilation, c.groups)
+
+    def bias_term(self, A: Tensor) -> Tensor:
+        b = self.module.bias
+        return A.new_zeros(A.shape[:2]) if b is None else A.sum((-2, -1)) @ b
+
+    def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        c = self.module
+        out = F.conv_transpose2d(A, c.weight, None, c.stride, c.padding, 0, c.groups, c.dilation)
+        return _pad_to(out, in_shape)
+
+
+class BoundAvgPool2d(_AffineOp):
+    def __init__(self, module: nn.AvgPool2d, name: str) -> None:
+        super().__init__(module, name)
+        pad = _pair(module.padding)
+        if module.ceil_mode or module.divisor_override is not None or (any(pad) and not module.count_include_pad):
+            raise UnsupportedLayerError(
+                f"layer {name} (AvgPool2d): ceil_mode, divisor_override and count_include_pad=False with padding "
+                "are not supported; use a plain AvgPool2d(kernel_size, stride, padding)"
+            )
+        self.kernel = _pair(module.kernel_size)
+        self.stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        self.pad = pad
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return self.module(x)  # nonnegative weights
+
+    def bias_term(self, A: Tensor) -> Tensor:
+        return A.new_zeros(A.shape[:2])
+
+    def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        channels = A.shape[1]
+        kh, kw = self.kernel
+        weight = A.new_full((channels, 1, kh, kw), 1.0 / (kh * kw))
+        out = F.conv_transpose2d(A, weight, None, self.stride, self.pad, 0, channels)
+        return _pad_to(out, in_shape)
+
+
+class BoundFlatten(BoundOp):
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        return self.module(l), self.module(u)
+
+    def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        start = self.module.start_dim
+        if start != 1 or self.module.end_dim != -1:
+            raise UnsupportedLayerError(f"layer {self.name} (Flatten): only Flatten(1, -1) over [B, ...] is supported")
+        return A.reshape(*A.shape[:2], *l.shape[1:]), A.new_zeros(A.shape[:2])
+
+
+class BoundMaxPool2d(BoundOp):
+    """Max over currents. S-IBP: max is monotone, ``[maxpool(l), maxpool(u)]``.
+
+    S-CROWN, per window with ``j*`` the element of largest lower bound:
+    lower ``max >= x_{j*}``; upper ``max = x_{j*}`` when the window is decided
+    (``l_{j*} >= u_i`` for every other ``i``), else the constant ``max_i u_i``.
+    """
+
+    def __init__(self, module: nn.MaxPool2d, name: str) -> None:
+        super().__init__(module, name)
+        if module.ceil_mode or module.return_indices:
+            raise UnsupportedLayerError(
+                f"layer {name} (MaxPool2d): ceil_mode and return_indices are not supported"
+            )
+        self.kernel = _pair(module.kernel_size)
+        self.stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        self.pad = _pair(module.padding)
+        self.dilation = _pair(module.dilation)
+
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        return self.module(l), self.module(u)
+
+    def _windows(self, x: Tensor) -> Tensor:
+        """``[M, C, H, W] -> [M, C, K, L]`` windows, padding with -inf as max pooling does."""
+        ph, pw = self.pad
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph), value=float("-inf"))
+        M, C = x.shape[:2]
+        cols = F.unfold(x, self.kernel, self.dilation, 0, self.stride)
+        return cols.reshape(M, C, self.kernel[0] * self.kernel[1], -1)
+
+    def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        M, S = A.shape[:2]
+        C, H, W = l.shape[1:]
+        lw, uw = self._windows(l), self._windows(u)  # [M, C, K, L]
+        K, L = lw.shape[2:]
+        l_best, j = lw.max(2, keepdim=True)
+        others = uw.scatter(2, j, float("-inf")).amax(2, keepdim=True)
+        decided = (l_best >= others).squeeze(2)  # [M, C, L]
+        u_max = uw.amax(2)  # [M, C, L]
+
+        A = A.reshape(M, S, C, L)
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        neg_exact = neg * decided.unsqueeze(1)
+        select = pos + neg_exact
+        bias = ((neg - neg_exact) * u_max.unsqueeze(1)).sum((2, 3))
+
+        cols = A.new_zeros(M, S, C, K, L)
+        cols.scatter_(3, j.unsqueeze(1).expand(M, S, C, 1, L), select.unsqueeze(3))
+        ph, pw = self.pad
+        size = (H + 2 * ph, W + 2 * pw)
+        img = F.fold(cols.reshape(M * S, C * K, L), size, self.kernel, self.dilation, 0, self.stride)
+        img = img[:, :, ph : ph + H, pw : pw + W]
+        return img.reshape(M, S, C, H, W), bias
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _pad_to(x: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """A transposed convolution may drop trailing rows/columns the forward never read;
+    their coefficient is zero."""
+    h, w = in_shape[-2:]
+    dh, dw = h - x.shape[-2], w - x.shape[-1]
+    return F.pad(x, (0, dw, 0, dh)) if dh or dw else x
+
+
+_OPS: dict[type[nn.Module], type[BoundOp]] = {
+    nn.Linear: BoundLinear,
+    nn.Conv2d: BoundConv2d,
+    nn.AvgPool2d: BoundAvgPool2d,
+    nn.MaxPool2d: BoundMaxPool2d,
+    nn.Flatten: BoundFlatten,
+}
+
+
+def bound_op(module: nn.Module, name: str) -> BoundOp:
+    """The bound operator of a spatial layer (one class per layer type)."""
+    for kind, op in _OPS.items():
+        if isinstance(module, kind):
+            return op(module, name)
+    raise UnsupportedLayerError(f"layer {name} ({type(module).__name__}) has no bound operator")

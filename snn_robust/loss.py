@@ -1,0 +1,43 @@
+"""The certified (bound-based) training loss (Section 3.3, after CROWN-IBP [38])."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .bounds.api import Method, compute_bounds
+from .network import SpikingNetwork
+from .perturbations import Perturbation
+
+__all__ = ["certified_loss", "bound_logits"]
+
+
+def bound_logits(margins: Tensor, labels: Tensor) -> Tensor:
+    """``-[0, lb]``: logits ``[B, C]`` with 0 at the label and ``-lb_j`` at every other
+    class ``j`` (``margins`` is ``[B, C-1]`` in increasing ``j``). Cross-entropy on these
+    upper-bounds the cross-entropy of every network output the bounds admit."""
+    B, S = margins.shape
+    C = S + 1
+    keep = torch.arange(C, device=labels.device).unsqueeze(0) != labels.unsqueeze(1)
+    logits = margins.new_zeros(B, C)
+    return logits.masked_scatter(keep, -margins)
+
+
+def certified_loss(
+    network: SpikingNetwork,
+    x: Tensor,
+    labels: Tensor,
+    perturbation: Perturbation,
+    steps: int = 3,
+    method: Method = "crown-ibp",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The paper's bound loss ``CE(-[0, lb], y)``, averaged over the batch.
+
+    ``x`` is what the perturbation set takes (an image batch ``[B, X...]`` for
+    ``DigitalLinf`` / ``DirectLinf``, a spike input ``[T, B, X...]`` for ``SpikeL0``);
+    the input bounds are sampled with ``steps`` (the paper's ``T'``) steps.
+    """
+    lower, upper = perturbation.bounds(x, steps, generator)
+    margins = compute_bounds(network, lower, upper, labels=labels, method=method)
+    return F.cross_entropy(bound_logits(margins, labels), labels)

@@ -1,0 +1,177 @@
+"""Input perturbation sets (Section 3.2, Algorithm 1) and input encodings.
+
+Shape glossary: ``T`` steps, ``B`` batch, ``X...`` one sample's shape.
+
+Each set turns a clean input into input bounds ``(lower, upper)`` of shape
+``[T, B, X...]`` for :func:`~snn_robust.compute_bounds`, and knows the clean encoding
+of the same input (``encode``), so a certificate and a forward pass see the same
+coding.
+
+What a certificate covers (the paper says so in Section 3.2): for ``DigitalLinf`` and
+``SpikeL0`` it holds for the *sampled* random map / picks only: every input that the
+sampled bounds contain is covered, not the whole ball. ``DirectLinf`` bounds the whole
+l_inf ball of an analog input.
+
+Radius convention: ``eps`` is the l_inf *radius*, ``x^u = x + eps``, ``x^l = x - eps``,
+as in the authors' code (the paper's text writes ``eps/2``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Perturbation", "DigitalLinf", "SpikeL0", "DirectLinf", "bernoulli_encode"]
+
+
+def _check_eps(eps: float, name: str, high: float = 1.0) -> float:
+    eps = float(eps)
+    if not (0.0 <= eps <= high) or math.isnan(eps):
+        raise ValueError(f"{name}: eps must lie in [0, {high:g}], got {eps!r}")
+    return eps
+
+
+def _check_steps(steps: int) -> int:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+def _uniform(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def bernoulli_encode(x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+    """Rate coding (Eq. 4, 13): ``x_t = [x > rand_t]`` for ``x`` in ``[0, 1]``, ``[B, X...] -> [T, B, X...]``."""
+    _check_steps(steps)
+    rand = _uniform((steps, *x.shape), x, generator)
+    return (x.unsqueeze(0) > rand).to(x.dtype)
+
+
+class Perturbation:
+    """Base class of the input perturbation sets."""
+
+    input_coding: str = "spike"
+    eps: float
+
+    def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def with_eps(self, eps: float) -> "Perturbation":
+        """The same set at another radius (used by eps schedules)."""
+        return type(self)(**{**self.__dict__, "eps": eps})
+
+
+@dataclass(frozen=True)
+class DigitalLinf(Perturbation):
+    """l_inf ball of radius ``eps`` around a digital image in ``[0, 1]``, rate coded.
+
+    One random map ``rand_t`` per step is shared by both bounds (Algorithm 1):
+    ``x^u_t = [x + eps > rand_t]``, ``x^l_t = [x - eps > rand_t]``. Any image ``x'`` with
+    ``|x' - x| <= eps`` coded with the same maps gives spikes between the two.
+    Input ``x``: ``[B, X...]`` in ``[0, 1]``.
+
+    Example: ``lower, upper = DigitalLinf(0.1).bounds(images, steps=3)``
+    """
+
+    eps: float
+    input_coding = "spike"
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps, "DigitalLinf")
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"DigitalLinf expects images [B, X...], got shape {tuple(x.shape)}")
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(f"DigitalLinf expects images in [0, 1], got range [{x.min():g}, {x.max():g}]")
+
+    def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        _check_steps(steps)
+        rand = _uniform((steps, *x.shape), x, generator)
+        upper = ((x + self.eps).unsqueeze(0) > rand).to(x.dtype)
+        lower = ((x - self.eps).unsqueeze(0) > rand).to(x.dtype)
+        return lower, upper
+
+    def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        self._check(x)
+        return bernoulli_encode(x, steps, generator)
+
+
+@dataclass(frozen=True)
+class SpikeL0(Perturbation):
+    """l_0 picks on a binary spike input (Eq. 12, Algorithm 1).
+
+    In each of the first ``steps`` frames of ``x`` (``[T, B, X...]``, binary),
+    ``round(eps * size(x_t))`` elements per sample are picked uniformly at random and
+    made unstable (``x^u = 1``, ``x^l = 0``); the rest keep their value.
+    """
+
+    eps: float
+    input_coding = "spike"
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps, "SpikeL0")
+
+    def _frames(self, x: Tensor, steps: int) -> Tensor:
+        _check_steps(steps)
+        if x.dim() < 3:
+            raise ValueError(f"SpikeL0 expects a spike input [T, B, X...], got shape {tuple(x.shape)}")
+        if steps > x.shape[0]:
+            raise ValueError(f"SpikeL0: steps={steps} exceeds the input's {x.shape[0]} frames")
+        if not ((x == 0) | (x == 1)).all():
+            raise ValueError("SpikeL0 expects a binary (0/1) spike input")
+        return x[:steps]
+
+    def picks(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        """Boolean mask ``[steps, B, X...]`` of the picked (unstable) elements."""
+        frames = self._frames(x, steps)
+        T, B = frames.shape[:2]
+        size = frames[0, 0].numel()
+        k = int(round(self.eps * size))
+        scores = _uniform((T, B, size), frames, generator)
+        mask = torch.zeros(T, B, size, dtype=torch.bool, device=x.device)
+        if k:
+            mask.scatter_(2, scores.topk(k, dim=2).indices, True)
+        return mask.reshape(frames.shape)
+
+    def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        frames = self._frames(x, steps)
+        mask = self.picks(x, steps, generator)
+        return frames.masked_fill(mask, 0.0), frames.masked_fill(mask, 1.0)
+
+    def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        return self._frames(x, steps)
+
+
+@dataclass(frozen=True)
+class DirectLinf(Perturbation):
+    """l_inf ball of radius ``eps`` around an analog input fed directly as current at
+    every step ("direct" coding), clipped to ``[low, high]``. Input ``x``: ``[B, X...]``.
+    The bounds cover the whole ball (no sampling involved)."""
+
+    eps: float
+    low: float = 0.0
+    high: float = 1.0
+    input_coding = "direct"
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"DirectLinf: need low < high, got {self.low} and {self.high}")
+        _check_eps(self.eps, "DirectLinf", self.high - self.low)
+
+    def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        _check_steps(steps)
+        lower = (x - self.eps).clamp(self.low, self.high)
+        upper = (x + self.eps).clamp(self.low, self.high)
+        return lower.unsqueeze(0).expand(steps, *x.shape), upper.unsqueeze(0).expand(steps, *x.shape)
+
+    def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        _check_steps(steps)
+        return x.unsqueeze(0).expand(steps, *x.shape)
