@@ -1,0 +1,110 @@
+"""Perturbation-radius schedules for robust training, defined per optimizer *iteration*.
+
+The paper (Section 4.1) ramps eps linearly from 0 over the first 250 epochs and holds it for
+50 more. Here a schedule counts iterations (optimizer steps), so the ramp is smooth inside an
+epoch; :meth:`EpsSchedule.from_epochs` converts a schedule given in epochs with the number of
+steps per epoch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["EpsSchedule"]
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"EpsSchedule: {name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _check_eps(name: str, value: Any) -> float:
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"EpsSchedule: {name} must be a non-negative number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class EpsSchedule:
+    r"""Linear ramp of eps, then hold, as a function of the (0-based) iteration ``step``:
+
+    .. math::
+        \epsilon(k) = \begin{cases}
+            \epsilon_0 & k < k_0 \\
+            \epsilon_0 + (\epsilon_1 - \epsilon_0)\,\frac{k - k_0}{R} & k_0 \le k < k_0 + R \\
+            \epsilon_1 & k \ge k_0 + R
+        \end{cases}
+
+    with ``eps_0 = start_eps``, ``eps_1 = final_eps``, ``k_0 = start_step`` and
+    ``R = ramp_steps``. The ramp's first iteration uses ``start_eps`` and ``final_eps`` is
+    first used at iteration ``k_0 + R`` (with ``ramp_steps=0``, from ``k_0`` on). The hold
+    phase covers iterations ``k_0 + R .. k_0 + R + hold_steps - 1``; :attr:`total_steps`
+    is the end of the hold, and later iterations keep ``final_eps``.
+
+    The schedule is a pure function of ``step`` (the step counter lives with the training
+    loop); :meth:`state_dict` / :meth:`from_state_dict` store its parameters in checkpoints.
+
+    Example: ``EpsSchedule(0.12, ramp_steps=1000, hold_steps=200)(500) == 0.06``
+    """
+
+    final_eps: float
+    ramp_steps: int
+    hold_steps: int = 0
+    start_step: int = 0
+    start_eps: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "final_eps", _check_eps("final_eps", self.final_eps))
+        object.__setattr__(self, "start_eps", _check_eps("start_eps", self.start_eps))
+        _check_int("ramp_steps", self.ramp_steps)
+        _check_int("hold_steps", self.hold_steps)
+        _check_int("start_step", self.start_step)
+
+    @classmethod
+    def from_epochs(
+        cls,
+        final_eps: float,
+        ramp_epochs: float,
+        hold_epochs: float,
+        steps_per_epoch: int,
+        start_epoch: float = 0.0,
+        start_eps: float = 0.0,
+    ) -> "EpsSchedule":
+        """A schedule given in (possibly fractional) epochs, rounded to whole iterations."""
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
+        for name, value in (("ramp_epochs", ramp_epochs), ("hold_epochs", hold_epochs), ("start_epoch", start_epoch)):
+            if not value >= 0:
+                raise ValueError(f"EpsSchedule.from_epochs: {name} must be >= 0, got {value!r}")
+        return cls(
+            final_eps=final_eps,
+            ramp_steps=int(round(ramp_epochs * steps_per_epoch)),
+            hold_steps=int(round(hold_epochs * steps_per_epoch)),
+            start_step=int(round(start_epoch * steps_per_epoch)),
+            start_eps=start_eps,
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """First iteration after the hold phase: ``start_step + ramp_steps + hold_steps``."""
+        return self.start_step + self.ramp_steps + self.hold_steps
+
+    def __call__(self, step: int) -> float:
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"EpsSchedule: step must be an int, got {type(step).__name__}")
+        if step < self.start_step:
+            return self.start_eps
+        done = step - self.start_step
+        if done >= self.ramp_steps:
+            return self.final_eps
+        return self.start_eps + (self.final_eps - self.start_eps) * (done / self.ramp_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "EpsSchedule":
+        return cls(**state)
