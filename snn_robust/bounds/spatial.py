@@ -112,8 +112,8 @@ class BoundConv2d(_AffineOp):
 
     def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         c = self.module
-        out = F.conv_transpose2d(A, c.weight, None, c.stride, c.padding, 0, c.groups, c.dilation)
-        return _pad_to(out, in_shape)
+        extra = _output_padding(A.shape[-2:], in_shape, c.kernel_size, c.stride, c.padding, c.dilation)
+        return F.conv_transpose2d(A, c.weight, None, c.stride, c.padding, extra, c.groups, c.dilation)
 
 
 class BoundAvgPool2d(_AffineOp):
@@ -139,8 +139,8 @@ class BoundAvgPool2d(_AffineOp):
         channels = A.shape[1]
         kh, kw = self.kernel
         weight = A.new_full((channels, 1, kh, kw), 1.0 / (kh * kw))
-        out = F.conv_transpose2d(A, weight, None, self.stride, self.pad, 0, channels)
-        return _pad_to(out, in_shape)
+        extra = _output_padding(A.shape[-2:], in_shape, self.kernel, self.stride, self.pad, (1, 1))
+        return F.conv_transpose2d(A, weight, None, self.stride, self.pad, extra, channels)
 
 
 class BoundFlatten(BoundOp):
@@ -214,12 +214,14 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _pad_to(x: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """A transposed convolution may drop trailing rows/columns the forward never read;
-    their coefficient is zero."""
-    h, w = in_shape[-2:]
-    dh, dw = h - x.shape[-2], w - x.shape[-1]
-    return F.pad(x, (0, dw, 0, dh)) if dh or dw else x
+def _output_padding(out_hw, in_shape, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """Rows/columns a strided window leaves at the end of the input: the transposed
+    convolution must add them back (``output_padding``) so every input position,
+    read or not, gets its coefficient at the right place."""
+    extra = []
+    for o, i, k, s, p, d in zip(out_hw, in_shape[-2:], _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)):
+        extra.append(i - ((o - 1) * s - 2 * p + d * (k - 1) + 1))
+    return tuple(extra)
 
 
 _OPS: dict[type[nn.Module], type[BoundOp]] = {

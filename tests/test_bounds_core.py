@@ -1,0 +1,232 @@
+"""Bounds checked by hand, exactness without perturbation, tightness order, the loss, errors."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from helpers import scale_weights
+from torch import nn
+
+import snn_robust as sr
+from snn_robust.bounds import s_ibp
+from snn_robust.bounds.api import margin_spec
+
+
+def _tiny(reset: str) -> sr.SpikingNetwork:
+    lin = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.5, 0.3]]))
+    return sr.SpikingNetwork([lin, sr.LIF(alpha=0.5, threshold=0.6, reset=reset)], input_coding="spike")
+
+
+# step 1: input [1, 0] or [1, 1]; step 2: any of the four binary inputs
+LOWER = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
+UPPER = torch.tensor([[[1.0, 1.0]], [[1.0, 1.0]]])
+
+
+@pytest.mark.parametrize(
+    "reset,hand_ml,hand_mu",
+    [
+        # m1 in [0.5, 0.8] (unstable); hard reset: z1 in [0, 0.6] so m2 in [0, 0.8 + 0.5 * 0.6]
+        ("zero", [0.5, 0.0], [0.8, 1.1]),
+        # soft reset: c1 = 0.5 m1 - 0.6 s1 in [0.5*0.6 - 0.6, 0.5*0.6] = [-0.3, 0.3]
+        ("subtract", [0.5, -0.3], [0.8, 1.1]),
+    ],
+)
+def test_s_ibp_by_hand_and_by_enumeration(reset, hand_ml, hand_mu):
+    net = _tiny(reset)
+    with torch.no_grad():
+        ml, mu = s_ibp(net, LOWER, UPPER).membrane[0]
+    torch.testing.assert_close(ml.flatten(), torch.tensor(hand_ml), atol=1e-4, rtol=0)
+    torch.testing.assert_close(mu.flatten(), torch.tensor(hand_mu), atol=1e-4, rtol=0)
+
+    # the exact reachable membranes, by enumerating every binary input inside the box
+    free = (LOWER != UPPER).nonzero().tolist()
+    reached = []
+    for bits in itertools.product([0.0, 1.0], repeat=len(free)):
+        x = LOWER.clone()
+        for (t, b, i), v in zip(free, bits):
+            x[t, b, i] = v
+        with torch.no_grad():
+            _, m = net.stages[0].lif(net.layers[0](x), return_membrane=True)
+        reached.append(m.flatten())
+    reached = torch.stack(reached)
+    assert (reached.min(0).values >= ml.flatten() - 1e-6).all()
+    assert (reached.max(0).values <= mu.flatten() + 1e-6).all()
+    # step 1 has no history: S-IBP is exact there
+    assert reached[:, 0].min() == pytest.approx(ml.flatten()[0].item(), abs=1e-6)
+    assert reached[:, 0].max() == pytest.approx(mu.flatten()[0].item(), abs=1e-6)
+
+
+def _random_net(seed: int, reset: str = "zero", firing: str = ">") -> sr.SpikingNetwork:
+    torch.manual_seed(seed)
+    net = sr.SpikingNetwork(
+        [nn.Flatten(), nn.Linear(16, 12), sr.LIF(0.4, 0.3, reset, firing), nn.Linear(12, 4), sr.LIF(0.4, 0.3, reset, firing)]
+    )
+    scale_weights(net, 2.0)
+    return net
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_bounds_exact_without_perturbation(reset):
+    """With ``lower == upper`` and no neuron near its threshold, every method returns the
+    true margin."""
+    checked = 0
+    for seed in range(10):
+        net = _random_net(seed, reset)
+        g = torch.Generator().manual_seed(seed)
+        x = (torch.rand(4, 3, 16, generator=g) < 0.5).float()
+        y = torch.randint(0, 4, (3,), generator=g)
+        with torch.no_grad():
+            if any(st.unstable.any() for st in s_ibp(net, x, x).stability):
+                continue  # a membrane inside the threshold band: not an exactness case
+            true = (margin_spec(y, 4) * net(x).unsqueeze(1)).sum(-1)
+            for method in sr.METHODS:
+                torch.testing.assert_close(sr.compute_bounds(net, x, x, y, method=method), true, atol=1e-5, rtol=0)
+        checked += 1
+    assert checked >= 8
+
+
+def test_best_is_at_least_every_method():
+    for seed in range(5):
+        net = _random_net(seed)
+        g = torch.Generator().manual_seed(seed)
+        lower, upper = sr.DigitalLinf(0.1).bounds(torch.rand(6, 16, generator=g), 3, g)
+        y = torch.randint(0, 4, (6,), generator=g)
+        with torch.no_grad():
+            got = {m: sr.compute_bounds(net, lower, upper, y, method=m) for m in sr.METHODS}
+        for m in ("ibp", "crown-ibp", "crown-ibp-adaptive"):
+            assert (got["best"] >= got[m]).all()
+
+
+def test_rate_bounds_ordered_and_in_unit_interval():
+    net = _random_net(0)
+    g = torch.Generator().manual_seed(0)
+    lower, upper = sr.DigitalLinf(0.2).bounds(torch.rand(5, 16, generator=g), 3, g)
+    lb, ub = sr.compute_bounds(net, lower, upper, method="best")
+    assert lb.shape == ub.shape == (5, 4)
+    assert (lb <= ub).all() and (lb >= 0).all() and (ub <= 1).all()
+
+
+def test_bounds_are_differentiable_in_the_weights():
+    net = _random_net(1)
+    g = torch.Generator().manual_seed(1)
+    lower, upper = sr.DigitalLinf(0.1).bounds(torch.rand(4, 16, generator=g), 3, g)
+    y = torch.randint(0, 4, (4,), generator=g)
+    for method in sr.METHODS:
+        net.zero_grad()
+        sr.compute_bounds(net, lower, upper, y, method=method).sum().backward()
+        assert net.layers[1].weight.grad is not None and net.layers[1].weight.grad.abs().sum() > 0, method
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_certified_loss_decreases_under_sgd(method):
+    torch.manual_seed(0)
+    net = sr.SpikingNetwork([nn.Linear(20, 24), sr.LIF(0.25, 0.25), nn.Linear(24, 3), sr.LIF(0.25, 0.25)])
+    scale_weights(net, 1.5)
+    x = torch.rand(32, 20)
+    y = torch.randint(0, 3, (32,))
+    pert = sr.DigitalLinf(0.05)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+
+    def loss_at_fixed_sample():
+        return sr.certified_loss(net, x, y, pert, steps=3, method=method, generator=torch.Generator().manual_seed(7))
+
+    with torch.no_grad():
+        start = loss_at_fixed_sample().item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_at_fixed_sample()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        end = loss_at_fixed_sample().item()
+    assert end < start - 0.05, (start, end)
+
+
+def test_bound_logits_places_zero_at_label():
+    margins = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    labels = torch.tensor([0, 2])
+    logits = sr.bound_logits(margins, labels)
+    torch.testing.assert_close(logits, torch.tensor([[0.0, -1.0, -2.0], [-3.0, -4.0, 0.0]]))
+
+
+# -- errors: clear, never a silent wrong bound --------------------------------------------
+
+def _box():
+    lower = torch.zeros(2, 3, 16)
+    return lower, lower.clone()
+
+
+def test_error_shape_mismatch():
+    lower, _ = _box()
+    with pytest.raises(ValueError, match="same shape"):
+        sr.compute_bounds(_random_net(0), lower, torch.zeros(2, 3, 15))
+
+
+def test_error_not_time_major():
+    with pytest.raises(ValueError, match="time-major"):
+        sr.compute_bounds(_random_net(0), torch.zeros(3, 16), torch.zeros(3, 16))
+
+
+def test_error_lower_above_upper():
+    lower, upper = _box()
+    lower[0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="lower > upper"):
+        sr.compute_bounds(_random_net(0), lower, upper)
+
+
+def test_error_non_binary_spike_bounds():
+    lower, upper = _box()
+    upper[0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="binary"):
+        sr.compute_bounds(_random_net(0), lower, upper)
+
+
+def test_error_labels_out_of_range():
+    lower, upper = _box()
+    with pytest.raises(ValueError, match="labels must lie in"):
+        sr.compute_bounds(_random_net(0), lower, upper, labels=torch.tensor([0, 1, 4]))
+    with pytest.raises(ValueError, match="labels must be an integer tensor"):
+        sr.compute_bounds(_random_net(0), lower, upper, labels=torch.tensor([0.0, 1.0, 2.0]))
+
+
+def test_error_unknown_method():
+    lower, upper = _box()
+    with pytest.raises(ValueError, match="method must be one of"):
+        sr.compute_bounds(_random_net(0), lower, upper, method="crown")
+
+
+@pytest.mark.parametrize("make", [lambda: sr.DigitalLinf(-0.1), lambda: sr.DigitalLinf(1.5), lambda: sr.SpikeL0(2.0),
+                                  lambda: sr.DirectLinf(float("nan"))])
+def test_error_eps_out_of_range(make):
+    with pytest.raises(ValueError, match="eps must lie in"):
+        make()
+
+
+def test_error_unsupported_layer_named_with_position():
+    with pytest.raises(sr.UnsupportedLayerError, match=r"layer 1 \(ReLU\)"):
+        sr.SpikingNetwork([nn.Linear(4, 4), nn.ReLU(), sr.LIF()])
+    with pytest.raises(sr.UnsupportedLayerError, match=r"layer features\.2 \(BatchNorm1d\)"):
+        sr.SpikingNetwork([nn.Linear(4, 4), sr.LIF(), nn.BatchNorm1d(4), sr.LIF()],
+                          names=["features.0", "features.1", "features.2", "features.3"])
+
+
+def test_error_network_must_end_in_lif():
+    with pytest.raises(ValueError, match="must end in a LIF layer"):
+        sr.SpikingNetwork([nn.Linear(4, 4), sr.LIF(), nn.Linear(4, 2)])
+
+
+def test_error_bad_neuron_parameters():
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        sr.SpikingNetwork([nn.Linear(4, 4), sr.LIF(alpha=1.5)])
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        sr.SpikingNetwork([nn.Linear(4, 4), sr.LIF(threshold=0.0)])
+    with pytest.raises(ValueError, match="reset must be one of"):
+        sr.LIF(reset="none")
+
+
+def test_error_digital_input_out_of_unit_range():
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        sr.DigitalLinf(0.1).bounds(torch.full((2, 4), 1.5), 3)
