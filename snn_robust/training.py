@@ -425,12 +425,16 @@ class EpochBatchSampler(Sampler[list[int]]):
             raise ValueError(f"start_batch must be in 0..{self.batches_per_epoch}, got {start_batch}")
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
+    def epoch_seed(self, epoch: int) -> int:
+        """A 63-bit seed that depends only on ``(seed, epoch)``."""
+        digest = hashlib.sha256(f"snn-robust:{self.seed}:{epoch}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
     def order(self, epoch: int) -> Tensor:
+        """The permutation of the dataset indices used in ``epoch``."""
         if not self.shuffle:
             return torch.arange(self.n)
-        digest = hashlib.sha256(f"snn-robust:{self.seed}:{epoch}".encode()).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        return torch.randperm(self.n, generator=g)
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch_seed(epoch)))
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order(self.epoch).tolist()
@@ -802,7 +806,10 @@ def fit(
     try:
         while epoch < config.epochs and not stop_now():
             sampler.set_epoch(epoch, batch)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+            # Its own generator, so that opening the loader draws nothing from torch's global RNG
+            # (a resumed epoch opens one loader more than an uninterrupted run).
+            loader_gen = torch.Generator().manual_seed(sampler.epoch_seed(epoch) ^ 0x5EED)
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=loader_gen)
             for x, y in loader:
                 if batch_transform is not None:
                     x, y = batch_transform(x, y)
