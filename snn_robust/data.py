@@ -307,8 +307,8 @@ def _source_torchvision(spec: _IdxSpec, tmp: Path) -> Path:
         try:
             cls(str(tmp), train=True, download=True)
         except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError variously
-            first = str(exc).strip().splitlines()
-            raise RuntimeError(f"torchvision download failed: {' '.join(first[:4])}") from exc
+            text = " ".join(str(exc).split())
+            raise RuntimeError(f"torchvision download failed: {text[:400]}") from exc
     return tmp / spec.folder / "raw"
 
 
@@ -475,10 +475,21 @@ def _load_idx(
     base = _as_root(root)
     prefix = "train" if train else "t10k"
     split_files = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-    _ensure_idx(spec, base, verify=verify, download=download, sources=sources, check=split_files)
-    tv_datasets = _require("torchvision.datasets", "torchvision")
-    tv = getattr(tv_datasets, spec.folder)(str(base), train=train, download=False)
-    return IdxImageDataset(tv.data, tv.targets, name=spec.title, train=train, classes=tv.classes)
+    raw = _ensure_idx(spec, base, verify=verify, download=download, sources=sources, check=split_files)
+    # torchvision's own IDX readers, applied to exactly the files verified above (constructing
+    # torchvision.datasets.MNIST would prefer a legacy processed/*.pt cache if one exists).
+    tv_mnist = _require("torchvision.datasets.mnist", "torchvision")
+    try:
+        images = tv_mnist.read_image_file(str(raw / split_files[0]))
+        labels = tv_mnist.read_label_file(str(raw / split_files[1]))
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise DatasetError(f"{raw}: {split_files[0]} / {split_files[1]} are not valid IDX files: {exc}") from exc
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"{raw}: {images.shape[0]} images but {labels.shape[0]} labels in {split_files[0]} / {split_files[1]}"
+        )
+    classes = getattr(tv_mnist, spec.folder).classes
+    return IdxImageDataset(images, labels, name=spec.title, train=train, classes=classes)
 
 
 def mnist(
@@ -489,7 +500,7 @@ def mnist(
     download: bool = True,
     sources: Sequence[str] | None = None,
 ) -> IdxImageDataset:
-    """MNIST (60000 train / 10000 test images), loaded with ``torchvision.datasets.MNIST``.
+    """MNIST (60000 train / 10000 test images), read with torchvision's IDX reader.
 
     Args:
         root: data root (default :func:`default_data_root`); files live in ``<root>/MNIST/raw/``.
@@ -514,7 +525,7 @@ def fashion_mnist(
     download: bool = True,
     sources: Sequence[str] | None = None,
 ) -> IdxImageDataset:
-    """Fashion-MNIST (60000 / 10000), loaded with ``torchvision.datasets.FashionMNIST``.
+    """Fashion-MNIST (60000 / 10000 images), read with torchvision's IDX reader.
 
     Files live in ``<root>/FashionMNIST/raw/``; missing files are fetched with torchvision's
     download, then from the Debian package ``dataset-fashion-mnist``. Arguments and errors as

@@ -75,6 +75,18 @@ def test_mnist_loads_fixture_files(tmp_path, write_idx, no_fetch, gz):
         assert all((tmp_path / "MNIST" / "raw" / name).is_file() for name in IDX)
 
 
+def test_inconsistent_or_malformed_idx_files_are_refused(tmp_path, write_idx, no_fetch):
+    raw = tmp_path / "MNIST" / "raw"
+    arrays = make_idx_arrays()
+    arrays["train-labels-idx1-ubyte"] = arrays["train-labels-idx1-ubyte"][:5]
+    write_idx_folder(write_idx, raw, arrays)
+    with pytest.raises(data.DatasetError, match="6 images but 5 labels"):
+        data.mnist(tmp_path, train=True, verify=False)
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((4, 28), dtype=np.uint8))  # 2-D, not 3-D
+    with pytest.raises(data.DatasetError, match="not valid IDX files"):
+        data.mnist(tmp_path, train=False, verify=False)
+
+
 def test_fashion_mnist_uses_its_own_folder(tmp_path, write_idx, no_fetch):
     write_idx_folder(write_idx, tmp_path / "FashionMNIST" / "raw", make_idx_arrays(1))
     ds = data.fashion_mnist(tmp_path, train=True, verify=False)
@@ -343,3 +355,33 @@ def test_stratified_split_of_a_subset_and_bad_n():
     assert sorted(sub.indices[i] % 2 for i in part.indices) == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="0..20"):
         data.stratified_split(ds, 21)
+
+
+def test_debian_source_refreshes_package_lists_once_as_root(tmp_path, write_idx, monkeypatch):
+    arrays = make_idx_arrays(8)
+    payload = tmp_path / "payload"
+    sums = write_idx_folder(write_idx, payload, arrays, gz=True)
+    not_installed = tmp_path / "absent" / "fashion-mnist"
+    rel = not_installed.relative_to("/")
+    marker = tmp_path / "lists-updated"
+    bin_dir = tmp_path / "bin"
+    _fake_tool(
+        bin_dir,
+        "apt-get",
+        f'if [ "$1" = update ]; then : > "{marker}"; exit 0; fi\n'
+        f'[ -e "{marker}" ] || {{ echo "E: Unable to locate package $2" >&2; exit 100; }}\n'
+        f': > "${{2}}_0.0-1_all.deb"\n',
+    )
+    _fake_tool(bin_dir, "dpkg", f'mkdir -p "$3/{rel}" && cp "{payload}"/*.gz "$3/{rel}/"\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(data, "DEBIAN_FMNIST_DIR", not_installed)
+    monkeypatch.setitem(data.CHECKSUMS, "fmnist", sums)
+
+    monkeypatch.setattr(data.os, "geteuid", lambda: 1000)
+    with pytest.raises(data.DatasetNotFoundError, match="Unable to locate package"):
+        data.fetch("fmnist", tmp_path / "root", sources=("debian",))
+    assert not marker.exists()
+
+    monkeypatch.setattr(data.os, "geteuid", lambda: 0)
+    data.fetch("fmnist", tmp_path / "root", sources=("debian",))
+    assert marker.exists()
