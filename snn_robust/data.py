@@ -414,7 +414,7 @@ def _ensure_idx(
             raise DatasetNotFoundError(_not_found_message(spec, root, missing, attempts))
     elif missing:
         raise DatasetNotFoundError(_not_found_message(spec, root, missing, []))
-    # Files that were already there are verified here; fetched ones were verified on arrival.
+    # Unpack .gz-only files and verify what this call reads (fetched files were also checked on arrival).
     _prepare_local(spec, root, check, verify)
     return raw
 
