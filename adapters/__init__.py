@@ -1,0 +1,25 @@
+"""Framework adapters: turn an snnTorch or SpikingJelly model into a
+:class:`~snn_robust.SpikingNetwork` that shares its parameters.
+
+The frameworks are imported only when a conversion is asked for, so ``snn_robust``
+imports without either of them installed. Installed as ``snn_robust.adapters``.
+"""
+from __future__ import annotations
+
+__all__ = ["from_snntorch", "from_spikingjelly"]
+
+
+def from_snntorch(model, input_coding: str = "spike", surrogate=None):
+    """Convert an snnTorch ``nn.Sequential`` model; see
+    :func:`snn_robust.adapters.snntorch_adapter.from_snntorch`."""
+    from .snntorch_adapter import from_snntorch as convert
+
+    return convert(model, input_coding=input_coding, surrogate=surrogate)
+
+
+def from_spikingjelly(model, input_coding: str = "spike", surrogate=None):
+    """Convert a SpikingJelly (2.0.0 or 0.0.0.0.14) model; see
+    :func:`snn_robust.adapters.spikingjelly_adapter.from_spikingjelly`."""
+    from .spikingjelly_adapter import from_spikingjelly as convert
+
+    return convert(model, input_coding=input_coding, surrogate=surrogate)

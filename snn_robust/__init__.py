@@ -1,4 +1,5 @@
 """snn-robust: certified bounds (S-IBP, S-CROWN) and robust training for spiking networks."""
+from .adapters import from_snntorch, from_spikingjelly
 from .bounds import METHODS, compute_bounds, margin_spec
 from .errors import UnsupportedLayerError
 from .loss import bound_logits, certified_loss
@@ -22,5 +23,7 @@ __all__ = [
     "bound_logits",
     "certified_loss",
     "compute_bounds",
+    "from_snntorch",
+    "from_spikingjelly",
     "margin_spec",
 ]

@@ -1,0 +1,409 @@
+"""SpikingJelly -> :class:`~snn_robust.SpikingNetwork` (SpikingJelly 2.0.0 and 0.0.0.0.14).
+
+Shape glossary: ``T`` time steps, ``B`` batch, ``N...`` a layer's neuron shape.
+
+A SpikingJelly node keeps ``v`` (the membrane after the reset of the last step) and per
+step charges ``h``, fires ``s = [h >= th]`` and resets ``v = (1 - s) h`` (``v_reset=0.``)
+or ``v = h - s th`` (``v_reset=None``)::
+
+    LIFNode, decay_input=True:    h = v + (x - v) / tau       alpha = 1 - 1/tau, scale = 1/tau
+    LIFNode, decay_input=False:   h = v - v / tau + x         alpha = 1 - 1/tau, scale = 1
+    ParametricLIFNode:            the same with 1/tau = sigmoid(w)   (w: a shared Parameter)
+    IFNode:                       h = v + x                    alpha = 1,         scale = 1
+
+With ``m_t = h_t`` this is :class:`~snn_robust.LIF` with ``firing=">="`` and, for the
+soft reset, the subtracted threshold decayed with the membrane (``kappa = alpha``).
+The twin repeats each version's floating-point order, which differs between the two
+releases (and, in 0.0.0.0.14, between training and eval mode for
+``LIFNode(decay_input=False, v_reset=0.)``), so spikes match bit for bit.
+
+Step modes: in ``'m'`` mode a model takes ``[T, B, ...]``; stateless SpikingJelly layers
+fold time into the batch, ``layer.SeqToANNContainer`` does so for the torch layers inside
+it and ``layer.MultiStepContainer`` runs its single-step contents step by step. In ``'s'``
+mode everything sees one step ``[B, ...]``. Either way every spatial layer applies the
+same function at each step, which is what the converted network computes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from snn_robust.errors import UnsupportedLayerError
+from snn_robust.neuron import LIF, spike
+
+from ._common import (
+    ROOT,
+    Collected,
+    FromSource,
+    check_heaviside,
+    child_path,
+    plain_twin,
+    qualname,
+    refuse_batchnorm,
+    require_sequential,
+)
+
+__all__ = ["from_spikingjelly", "SpikingJellyNode"]
+
+_END_HINT = "end the model with a spiking node (e.g. neuron.LIFNode after the last layer.Linear)"
+
+# Contexts a module can run in:
+#   "s"    single-step network: it sees one step [B, ...]
+#   "m"    multi-step network, outside containers: it sees [T, B, ...]
+#   "fold" inside SeqToANNContainer: it sees [T*B, ...] (time folded into the batch)
+#   "step" inside MultiStepContainer: it sees one step [B, ...], called T times
+_PER_STEP = ("s", "fold", "step")
+
+
+# -- live neuron parameters (module-level functions: picklable) ------------------------
+def _one(node: nn.Module) -> float:
+    return 1.0
+
+
+def _v_threshold(node: nn.Module) -> float:
+    return node.v_threshold
+
+
+def _lif_alpha(node: nn.Module) -> float:
+    return 1.0 - 1.0 / node.tau
+
+
+def _lif_scale(node: nn.Module) -> float:
+    return 1.0 / node.tau if node.decay_input else 1.0
+
+
+def _plif_alpha(node: nn.Module) -> Tensor:
+    return 1.0 - node.w.sigmoid()
+
+
+def _plif_scale(node: nn.Module) -> Tensor | float:
+    return node.w.sigmoid() if node.decay_input else 1.0
+
+
+_KINDS = {
+    "IF": (_one, _one),
+    "LIF": (_lif_alpha, _lif_scale),
+    "PLIF": (_plif_alpha, _plif_scale),
+}
+
+
+class SpikingJellyNode(LIF):
+    """The LIF twin of one SpikingJelly ``IFNode`` / ``LIFNode`` / ``ParametricLIFNode``.
+
+    ``tau``, ``v_threshold`` and ``decay_input`` are read from the node at every use and
+    PLIF's ``w`` is the node's own Parameter. The reset kind is fixed at conversion.
+    """
+
+    def __init__(self, node: nn.Module, kind: str, legacy: bool, surrogate=None, reference: nn.Module | None = None):
+        alpha_of, scale_of = _KINDS[kind]
+        super().__init__(
+            alpha=FromSource(node, alpha_of, reference),
+            threshold=FromSource(node, _v_threshold, reference),
+            reset="subtract" if node.v_reset is None else "zero",
+            firing=">=",
+            input_scale=FromSource(node, scale_of, reference),
+            decay_reset=True,
+            surrogate=surrogate,
+        )
+        self.kind = kind
+        self.legacy = bool(legacy)
+
+    @property
+    def node(self) -> nn.Module:
+        return self._threshold.source
+
+    def charge(self, m_prev: Tensor, s_prev: Tensor, sp: Tensor) -> Tensor:
+        node = self.node
+        v_reset = node.v_reset
+        # v: the membrane after the previous step's reset (SpikingJelly's state)
+        if v_reset is None:
+            v = m_prev - s_prev * node.v_threshold
+        elif self.legacy:
+            v = (1.0 - s_prev) * m_prev + s_prev * v_reset
+        else:
+            v = s_prev * v_reset + (1 - s_prev) * m_prev
+        rv = 0.0 if v_reset is None else v_reset
+        if self.kind == "IF":
+            return v + sp
+        if self.kind == "LIF":
+            tau = node.tau
+            if node.decay_input:
+                return v + (sp - v) / tau if self.legacy else v + (sp - (v - rv)) / tau
+            if self.legacy:
+                if v_reset is not None and not node.training:  # 0.0.0.0.14's eval kernels
+                    return v - (v - v_reset) / tau + sp
+                return v * (1.0 - 1.0 / tau) + sp
+            return v - (v - rv) / tau + sp
+        q = node.w.sigmoid()
+        if node.decay_input:
+            return v + (sp - v) * q if self.legacy else v + (sp - (v - rv)) * q
+        return v * (1.0 - q) + sp if self.legacy else v - (v - rv) * q + sp
+
+    def fire(self, m: Tensor) -> Tensor:
+        # SpikingJelly compares against the Python float threshold (in the input's dtype).
+        return spike(m - self.node.v_threshold, ">=", self.surrogate)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kind={self.kind!r}, spikingjelly={'0.0.0.0.14' if self.legacy else '2.x'}"
+
+
+def from_spikingjelly(model: nn.Module, input_coding: str = "spike", surrogate: Callable | None = None):
+    """Convert a SpikingJelly model to a :class:`~snn_robust.SpikingNetwork`.
+
+    Args:
+        model: an ``nn.Sequential`` (nested ones and SpikingJelly's ``SeqToANNContainer``,
+            ``MultiStepContainer`` and ``StepModeContainer`` are fine) of
+            ``layer.Linear``, ``layer.Conv2d``, ``layer.AvgPool2d``, ``layer.MaxPool2d``,
+            ``layer.Flatten``, ``layer.Dropout`` and the same torch layers
+            (``nn.Identity``, ``nn.Dropout`` too), with ``neuron.IFNode``,
+            ``neuron.LIFNode`` and ``neuron.ParametricLIFNode`` (``v_reset=0.`` or
+            ``None``), in one step mode, ending in a node.
+        input_coding: ``"spike"`` for binary spike inputs, ``"direct"`` when the first
+            layer gets analog currents (e.g. an image repeated over the steps).
+        surrogate: the surrogate gradient the bounds use in training (default: the
+            paper's rectangular one); the forward pass is always the exact step.
+
+    Returns:
+        A network that shares the model's parameters (the same ``nn.Parameter``
+        objects) and whose spikes equal SpikingJelly's own forward bit for bit
+        (``backend='torch'``; a CuPy-backed 0.0.0.0.14 model in eval mode runs the same
+        torch kernels, in training mode its CUDA kernel may round differently).
+
+    Raises:
+        UnsupportedLayerError: a module type that is not supported (other nodes,
+            BatchNorm, a model that is not an ``nn.Sequential``), named with its path.
+        ValueError: a supported module with an unsupported setting (a reset voltage other
+            than 0, a non-spiking surrogate, mixed step modes, a layer that sees the wrong
+            layout) or a model that does not end in a node.
+
+    Example::
+
+        >>> net = snn_robust.from_spikingjelly(model)   # model in step_mode 'm' or 's'
+        >>> lb = snn_robust.compute_bounds(net, lower, upper, labels)
+    """
+    from spikingjelly.activation_based import base, layer, neuron
+
+    require_sequential(model, "spikingjelly")
+    converter = _Converter(base, layer, neuron, surrogate, model)
+    mode, decided_by = converter.infer_mode(model, ROOT)
+    converter.mode, converter.decided_by = mode, decided_by
+    out = Collected()
+    converter.walk(model, ROOT, mode, out)
+    return out.build(lambda m: isinstance(m, SpikingJellyNode), input_coding, _END_HINT)
+
+
+class _Converter:
+    def __init__(self, base, layer, neuron, surrogate, reference: nn.Module) -> None:
+        self.base = base
+        self.surrogate = surrogate
+        self.reference = reference
+        self.mode = "s"
+        self.decided_by = ROOT
+        self.nodes = {neuron.IFNode: "IF", neuron.LIFNode: "LIF", neuron.ParametricLIFNode: "PLIF"}
+        self.multi_step_containers = (layer.SeqToANNContainer, layer.MultiStepContainer)
+        self.step_mode_container = layer.StepModeContainer
+        # One conversion table: exact module type -> (what it is, handler).
+        spatial = {
+            nn.Linear: "linear",
+            nn.Conv2d: "spatial",
+            nn.AvgPool2d: "spatial",
+            nn.MaxPool2d: "spatial",
+            nn.Flatten: "flatten",
+        }
+        self.table: dict[type, Callable] = {}
+        for torch_type, what in spatial.items():
+            self.table[torch_type] = self._torch_layer
+        for sj_type in (layer.Linear, layer.Conv2d, layer.AvgPool2d, layer.MaxPool2d, layer.Flatten):
+            self.table[sj_type] = self._sj_layer
+        self.spatial_kind = {**spatial}
+        for sj_type, torch_type in (
+            (layer.Linear, nn.Linear),
+            (layer.Conv2d, nn.Conv2d),
+            (layer.AvgPool2d, nn.AvgPool2d),
+            (layer.MaxPool2d, nn.MaxPool2d),
+            (layer.Flatten, nn.Flatten),
+        ):
+            self.spatial_kind[sj_type] = spatial[torch_type]
+        for skip in (nn.Identity, nn.Dropout, layer.Dropout):
+            self.table[skip] = self._skip
+        self.table[nn.Sequential] = self._sequential
+        self.table[layer.SeqToANNContainer] = self._container
+        self.table[layer.MultiStepContainer] = self._container
+        self.table[layer.StepModeContainer] = self._container
+        for node_type in self.nodes:
+            self.table[node_type] = self._node
+
+    # -- step mode ------------------------------------------------------------------
+    def infer_mode(self, module: nn.Module, path: str) -> tuple[str, str]:
+        """The network's step mode: that of its first node outside containers, or
+        ``'m'`` if a multi-step container comes first (``'s'`` if neither exists)."""
+        for sub_path, sub in _preorder(module, path, self._opaque):
+            if type(sub) in self.nodes:
+                return sub.step_mode, sub_path
+            if isinstance(sub, self.multi_step_containers):
+                return "m", sub_path
+            if type(sub) is self.step_mode_container:
+                return sub.step_mode, sub_path
+        return "s", path
+
+    def _opaque(self, module: nn.Module) -> bool:
+        return isinstance(module, self.multi_step_containers) or type(module) is self.step_mode_container
+
+    def _mixed(self, module: nn.Module, path: str, own: str, ctx: str) -> ValueError:
+        return ValueError(
+            f"{path} ({qualname(module)}) has step_mode={own!r} but runs in a {'multi' if ctx == 'm' else 'single'}-step "
+            f"network ({self.decided_by} is {self.mode!r}); one mode for the whole network is supported: "
+            f"spikingjelly.activation_based.functional.set_step_mode({ROOT}, {self.mode!r})"
+        )
+
+    # -- walking --------------------------------------------------------------------
+    def walk(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        handler = self.table.get(type(module))
+        if handler is None:
+            self._refuse(module, path)
+        handler(module, path, ctx, out)
+
+    def _sequential(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        for name, child in module.named_children():
+            self.walk(child, child_path(path, name), ctx, out)
+
+    def _container(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        name = qualname(module)
+        if type(module) is self.step_mode_container:
+            if module.step_mode == "s":
+                self._sequential(module, path, ctx, out)
+                return
+            inner = "step" if module.stateful else "fold"
+        else:
+            inner = "fold" if "SeqToANN" in type(module).__name__ else "step"
+        if ctx != "m":
+            raise ValueError(
+                f"{path} ({name}) runs its contents over a [T, B, ...] sequence, but here it receives "
+                f"{'one step [B, ...]' if ctx == 's' else 'the output of another container'}: use it only at the top "
+                "level of a multi-step network (step_mode='m')"
+            )
+        self._sequential(module, path, inner, out)
+
+    @staticmethod
+    def _skip(module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        pass  # identity at eval (dropout) or always (Identity)
+
+    def _torch_layer(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        kind = self.spatial_kind[type(module)]
+        if ctx in _PER_STEP or kind == "linear":  # Linear acts on the last dim of [T, B, F] too
+            if kind == "flatten":
+                self._check_flatten(module, path, start=1)
+            out.add(module, path, module)
+            return
+        # a bare torch layer in a multi-step network sees [T, B, ...]
+        if kind == "flatten":
+            self._check_flatten(module, path, start=2)
+            out.add(plain_twin(module), path, module)
+            return
+        raise ValueError(
+            f"{path} ({qualname(module)}) receives [T, B, ...] in this multi-step network, which it cannot take per "
+            f"step; use the SpikingJelly layer (layer.{type(module).__name__}(..., step_mode='m')) or wrap it in "
+            "layer.SeqToANNContainer"
+        )
+
+    def _sj_layer(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        kind = self.spatial_kind[type(module)]
+        own = module.step_mode
+        if kind != "linear":  # layer.Linear is nn.Linear whatever its mode
+            want = "m" if ctx == "m" else "s"
+            if own != want:
+                if ctx in ("fold", "step"):
+                    raise ValueError(
+                        f"{path} ({qualname(module)}) has step_mode='m' inside a container that already runs it per "
+                        "step; set its step_mode to 's'"
+                    )
+                raise self._mixed(module, path, own, ctx)
+            if kind == "flatten":
+                self._check_flatten(module, path, start=1)
+        out.add(plain_twin(module), path, module)
+
+    @staticmethod
+    def _check_flatten(module: nn.Flatten, path: str, start: int) -> None:
+        if module.start_dim != start or module.end_dim != -1:
+            layout = "[T, B, ...]" if start == 2 else "one step [B, ...]"
+            raise ValueError(
+                f"{path} ({qualname(module)}) has start_dim={module.start_dim}, end_dim={module.end_dim}, but it "
+                f"receives {layout}: only start_dim={start}, end_dim=-1 flattens each sample on its own"
+            )
+
+    def _node(self, node: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        kind = self.nodes[type(node)]
+        name = qualname(node)
+        if ctx == "fold":
+            raise ValueError(
+                f"{path} ({name}) sits inside layer.SeqToANNContainer, which folds time into the batch, so it "
+                "would see T*B samples for a single step: put the node outside the container"
+            )
+        want = "m" if ctx == "m" else "s"
+        if node.step_mode != want:
+            raise self._mixed(node, path, node.step_mode, ctx)
+        v_reset = node.v_reset
+        if v_reset is not None and v_reset != 0.0:
+            raise ValueError(
+                f"{path} ({name}) has v_reset={v_reset!r}: only v_reset=0. (hard reset to zero) and v_reset=None "
+                "(soft reset by subtraction) are supported"
+            )
+        if getattr(node, "_neuron_precision", None) is not None:
+            raise ValueError(
+                f"{path} ({name}) stores its state in reduced precision ({node._neuron_precision}); the bounds are "
+                "for the full-precision neuron: clear the neuron precision before conversion"
+            )
+        fn = node.surrogate_function
+        if not getattr(fn, "spiking", True):
+            raise ValueError(
+                f"{path} ({name}) has surrogate_function with spiking=False, which outputs analog values instead "
+                "of spikes (graded spikes); use spiking=True"
+            )
+        check_heaviside(fn, inclusive=True, path=path, what=f"{name} surrogate_function")
+        if kind == "PLIF" and not isinstance(node.w, Tensor):
+            raise ValueError(f"{path} ({name}): w must be a tensor")
+        legacy = not hasattr(node, "single_step_functional_forward")
+        out.add(SpikingJellyNode(node, kind, legacy, self.surrogate, self.reference), path, node)
+
+    def _refuse(self, module: nn.Module, path: str) -> None:
+        refuse_batchnorm(module, path)
+        name = qualname(module)
+        nodes = "neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode"
+        if _is_node(module, self.base):
+            raise UnsupportedLayerError(
+                f"{path} ({name}) is not supported: snn_robust bounds the LIF neuron (one membrane state, "
+                f"hard or soft reset); use one of {nodes} (with v_reset=0. or None)"
+            )
+        if isinstance(module, self.base.MemoryModule):
+            raise UnsupportedLayerError(
+                f"{path} ({name}) is a stateful SpikingJelly module that is not supported; supported stateful "
+                f"modules are {nodes}"
+            )
+        supported = (
+            "layer.Linear, layer.Conv2d, layer.AvgPool2d, layer.MaxPool2d, layer.Flatten, layer.Dropout and the "
+            f"same torch layers, nn.Identity, nn.Dropout, {nodes}, inside nn.Sequential, layer.SeqToANNContainer, "
+            "layer.MultiStepContainer or layer.StepModeContainer"
+        )
+        if len(list(module.children())) > 0:
+            raise UnsupportedLayerError(
+                f"{path} ({name}) is a custom container whose forward cannot be read: express it as an "
+                f"nn.Sequential of supported layers ({supported})"
+            )
+        raise UnsupportedLayerError(f"{path} ({name}) is not supported; supported: {supported}")
+
+
+def _is_node(module: nn.Module, base) -> bool:
+    """Any SpikingJelly spiking node (2.0.0's BaseNode / SimpleBaseNode, 0.0.0.0.14's BaseNode)."""
+    return isinstance(module, base.MemoryModule) and any(
+        "Node" in cls.__name__ for cls in type(module).__mro__ if cls.__module__.startswith("spikingjelly")
+    )
+
+
+def _preorder(module: nn.Module, path: str, opaque: Callable[[nn.Module], bool]):
+    """Modules in order, not descending into ``opaque`` ones."""
+    yield path, module
+    if not opaque(module):
+        for name, child in module.named_children():
+            yield from _preorder(child, child_path(path, name), opaque)
