@@ -1,0 +1,381 @@
+"""Evaluation: clean error, attack error and certified (verified) error of a spiking network.
+
+Shape glossary: ``N`` samples, ``B`` batch, ``T`` time steps, ``X...`` one sample's input
+shape, ``C`` classes.
+
+Data are given as a pair of tensors ``(inputs [N, ...], labels [N])`` or as an iterable of
+``(inputs, labels)`` batches (a ``DataLoader``); they are batched internally. What the
+inputs are depends on the coding:
+
+* ``"rate"``: images ``[N, X...]`` in ``[0, 1]``, Bernoulli rate coded with ``time_steps``
+  steps at evaluation (fresh samples per seed);
+* ``"spike"``: binary spike trains, *sample-major* ``[N, T, X...]`` as datasets and
+  ``DataLoader`` batches hold them (e.g. N-MNIST frames); turned time-major inside;
+* ``"direct"``: analog images ``[N, X...]`` fed as current at every step.
+
+Correctness is strict: a sample counts as correct only when the label's rate is larger
+than every other rate (``rate[y] > rate[j]`` for all ``j != y``); ties, e.g. a silent
+output layer, are errors. This is what a margin lower bound ``> 0`` certifies, so a
+verified sample is always correct.
+
+Rate-coded results are averaged over ``seeds``: each seed fixes the attack's randomness
+and, separately, the evaluation encodings; results report the mean, the sample standard
+deviation over seeds and every seed's value. All results are dataclasses whose
+``to_dict()`` is JSON-serialisable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .bounds.api import Method, compute_bounds
+from .network import SpikingNetwork
+from .perturbations import DigitalLinf, DirectLinf, Perturbation, SpikeL0, bernoulli_encode
+
+if TYPE_CHECKING:
+    from .attacks import Attack
+
+__all__ = [
+    "ErrorResult",
+    "AttackResult",
+    "is_correct",
+    "clean_error",
+    "attack_error",
+    "certified_error",
+]
+
+Coding = Literal["rate", "spike", "direct"]
+CODINGS = ("rate", "spike", "direct")
+
+
+def is_correct(rates: Tensor, labels: Tensor) -> Tensor:
+    """``[B]`` bool: ``rates[b, y_b] > rates[b, j]`` for every ``j != y_b`` (ties are errors)."""
+    ry = rates.gather(1, labels[:, None]).squeeze(1)
+    others = rates.scatter(1, labels[:, None], float("-inf"))
+    return ry > others.amax(1)
+
+
+@dataclass
+class ErrorResult:
+    """An error rate over seeds.
+
+    ``error``: mean over seeds of the share of samples counted as errors; ``std``: sample
+    standard deviation over seeds (0 for one seed); ``per_seed``: each seed's error;
+    ``seeds``: the seeds used (empty when the evaluation involves no randomness);
+    ``num_samples``: samples evaluated; ``details``: what was measured and how."""
+
+    error: float
+    std: float
+    per_seed: list[float]
+    seeds: list[int]
+    num_samples: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AttackResult:
+    """Attack error per budget: ``errors[i]`` is the result at ``eps[i]``; ``clean`` the
+    clean error measured on the same evaluation encodings; ``attack`` the attack's name and
+    parameters."""
+
+    attack: dict[str, Any]
+    clean: ErrorResult
+    eps: list[float]
+    errors: list[ErrorResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- data and seeds ---------------------------------------------------------------------
+def _check_coding(coding: str) -> None:
+    if coding not in CODINGS:
+        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)
+
+
+def _num_batches(data: Any, batch_size: int, max_samples: int | None) -> int | None:
+    if _is_tensor_pair(data):
+        n = data[0].shape[0] if max_samples is None else min(max_samples, data[0].shape[0])
+        return math.ceil(n / batch_size)
+    if max_samples is None and hasattr(data, "__len__"):
+        return len(data)
+    return None
+
+
+def _batches(data: Any, batch_size: int, max_samples: int | None, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(inputs, labels)`` batches on ``device``, at most ``max_samples`` samples in all."""
+    if _is_tensor_pair(data):
+        inputs, labels = data
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"got {inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        n = inputs.shape[0] if max_samples is None else min(max_samples, inputs.shape[0])
+        source: Iterable = ((inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, n, batch_size))
+    elif isinstance(data, Iterable):
+        source = data
+    else:
+        raise TypeError(
+            f"data must be a pair of tensors (inputs [N, ...], labels [N]) or an iterable of (inputs, labels) batches, "
+            f"got {type(data).__name__}"
+        )
+    seen = 0
+    for batch in source:
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+            raise TypeError("every batch must be an (inputs, labels) pair")
+        x, y = batch[0], batch[1]
+        if max_samples is not None:
+            if seen >= max_samples:
+                return
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        seen += x.shape[0]
+        x = x.to(device)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        yield x, torch.as_tensor(y, device=device).long()
+
+
+def _device(net: SpikingNetwork) -> torch.device:
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _generators(seed: int, device: torch.device, count: int) -> list[torch.Generator]:
+    """``count`` independent generators derived from ``seed`` (attack, clean encodings,
+    adversarial encodings, ...), so that one stream's use never shifts another's."""
+    root = torch.Generator().manual_seed(int(seed))
+    seeds = torch.randint(0, 2**62, (count,), generator=root).tolist()
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+def _summary(per_seed: list[float], seeds: list[int], n: int, details: dict[str, Any]) -> ErrorResult:
+    t = torch.tensor(per_seed, dtype=torch.float64)
+    std = float(t.std(unbiased=True)) if len(per_seed) > 1 else 0.0
+    return ErrorResult(float(t.mean()), std, [float(e) for e in per_seed], [int(s) for s in seeds], n, details)
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """Sample-major spike trains ``[B, T, X...]`` -> ``[T, B, X...]``."""
+    if x.dim() < 3:
+        raise ValueError(f"spike data must be sample-major [N, T, X...], got a batch of shape {tuple(x.shape)}")
+    return x.transpose(0, 1)
+
+
+def _encode(x: Tensor, coding: str, steps: int, generator: torch.Generator | None) -> Tensor:
+    if coding == "rate":
+        return bernoulli_encode(x, steps, generator)
+    if coding == "spike":
+        return _time_major(x)
+    return x.unsqueeze(0).expand(steps, *x.shape)
+
+
+def _check_net(net: SpikingNetwork, coding: str) -> None:
+    if not isinstance(net, SpikingNetwork):
+        raise TypeError(f"expected a SpikingNetwork, got {type(net).__name__}")
+    wanted = "direct" if coding == "direct" else "spike"
+    if net.input_coding != wanted:
+        raise ValueError(f"coding {coding!r} needs a network with input_coding={wanted!r}, got {net.input_coding!r}")
+
+
+def _progress(progress: bool, total: int | None, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+
+
+# -- clean error ------------------------------------------------------------------------
+def _wrong_clean(net: SpikingNetwork, x: Tensor, y: Tensor, coding: str, steps: int, gen, eval_samples: int) -> Tensor:
+    """``[eval_samples, B]`` bool: misclassified under each evaluation encoding."""
+    return torch.stack([~is_correct(net(_encode(x, coding, steps, gen)), y) for _ in range(eval_samples)])
+
+
+@torch.no_grad()
+def clean_error(
+    net: SpikingNetwork,
+    data: Any,
+    *,
+    coding: Coding = "rate",
+    time_steps: int = 10,
+    seeds: Sequence[int] = (0, 1, 2),
+    eval_samples: int = 1,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> ErrorResult:
+    """Share of samples misclassified on clean inputs.
+
+    For ``coding="rate"`` each seed draws fresh Bernoulli encodings (``time_steps`` steps;
+    ``eval_samples`` encodings per sample, their errors averaged); the encodings are the
+    same as the clean encodings :func:`attack_error` uses for that seed. For ``"spike"`` and
+    ``"direct"`` the evaluation is deterministic and runs once (``seeds`` is ignored).
+    """
+    _check_coding(coding)
+    _check_net(net, coding)
+    _check_batch_size(batch_size)
+    device = _device(net)
+    run_seeds = list(seeds) if coding == "rate" else []
+    per_seed, n = [], 0
+    bar = _progress(progress, _total(data, batch_size, max_samples, max(1, len(run_seeds))), "clean error")
+    for seed in run_seeds or [None]:
+        gen = _generators(seed, device, 3)[1] if seed is not None else None
+        wrong, n = 0.0, 0
+        for x, y in _batches(data, batch_size, max_samples, device):
+            wrong += _wrong_clean(net, x, y, coding, time_steps, gen, eval_samples).float().mean(0).sum().item()
+            n += y.shape[0]
+            bar.update()
+        per_seed.append(wrong / max(n, 1))
+    bar.close()
+    details = {"coding": coding, "time_steps": time_steps if coding != "spike" else None, "eval_samples": eval_samples}
+    return _summary(per_seed, run_seeds, n, details)
+
+
+def _total(data: Any, batch_size: int, max_samples: int | None, repeats: int) -> int | None:
+    per = _num_batches(data, batch_size, max_samples)
+    return None if per is None else per * repeats
+
+
+# -- attack error -----------------------------------------------------------------------
+def attack_error(
+    net: SpikingNetwork,
+    data: Any,
+    attack: "Attack",
+    eps: Sequence[float],
+    *,
+    time_steps: int = 10,
+    seeds: Sequence[int] = (0, 1, 2),
+    eval_samples: int = 1,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> AttackResult:
+    """Share of samples misclassified after the attack, for every budget in ``eps``.
+
+    ``attack.with_eps(e)`` is run on every batch for each ``e`` and seed. A sample counts as
+    an error when its clean input or its adversarial input is misclassified, so the attack
+    error is never below the clean error of the same encodings.
+
+    * Digital attacks (``attack.input_kind == "digital"``; images, rate coded): the
+      adversarial *image* is re-encoded with fresh Bernoulli samples (a generator separate
+      from the attack's) with ``time_steps`` steps, the model's T; with ``eval_samples > 1``
+      the error is averaged over that many encodings per sample (the clean side pairs
+      encoding ``j`` with adversarial encoding ``j``).
+    * Spike attacks (``input_kind == "spike"``; data sample-major ``[N, T, X...]``): the
+      network is deterministic, so the returned spike train is scored exactly; seeds only
+      vary the attack's own randomness.
+    """
+    _check_batch_size(batch_size)
+    kind = getattr(attack, "input_kind", None)
+    if kind not in ("digital", "spike"):
+        raise TypeError(f"attack must be an snn_robust.attacks.Attack (input_kind 'digital' or 'spike'), got {attack!r}")
+    coding = ("direct" if net.input_coding == "direct" else "rate") if kind == "digital" else "spike"
+    _check_net(net, coding)
+    device = _device(net)
+    eps = [float(e) for e in eps]
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("attack_error needs at least one seed")
+    bar = _progress(progress, _total(data, batch_size, max_samples, len(seeds) * len(eps)), f"attack {type(attack).__name__}")
+    clean_per_seed: dict[int, float] = {}
+    results, n = [], 0
+    for e in eps:
+        atk = attack.with_eps(e)
+        per_seed = []
+        for seed in seeds:
+            attack_gen, clean_gen, adv_gen = _generators(seed, device, 3)
+            wrong_clean_sum = wrong_sum = 0.0
+            n = 0
+            for x, y in _batches(data, batch_size, max_samples, device):
+                x_in = _time_major(x) if kind == "spike" else x
+                x_adv = atk.attack(net, x_in, y, attack_gen)
+                with torch.no_grad():
+                    reps = eval_samples if coding == "rate" else 1
+                    wrong_clean = _wrong_clean(net, x, y, coding, time_steps, clean_gen, reps)
+                    adv_data = x_adv.transpose(0, 1) if kind == "spike" else x_adv
+                    wrong_adv = _wrong_clean(net, adv_data, y, coding, time_steps, adv_gen, reps)
+                wrong_clean_sum += wrong_clean.float().mean(0).sum().item()
+                wrong_sum += (wrong_clean | wrong_adv).float().mean(0).sum().item()
+                n += y.shape[0]
+                bar.update()
+            per_seed.append(wrong_sum / max(n, 1))
+            clean_per_seed[seed] = wrong_clean_sum / max(n, 1)
+        results.append(_summary(per_seed, seeds, n, {"eps": e}))
+    bar.close()
+    random_eval = coding == "rate"
+    clean = _summary(
+        [clean_per_seed[s] for s in seeds] if random_eval else [clean_per_seed[seeds[0]]],
+        seeds if random_eval else [],
+        n,
+        {"coding": coding, "time_steps": time_steps if coding != "spike" else None,
+         "eval_samples": eval_samples if random_eval else 1},
+    )
+    return AttackResult(attack.config(), clean, eps, results)
+
+
+# -- certified error --------------------------------------------------------------------
+def certified_error(
+    net: SpikingNetwork,
+    data: Any,
+    perturbation: Perturbation,
+    steps: int = 10,
+    method: Method = "best",
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    batch_size: int = 128,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> ErrorResult:
+    """Verified error: share of samples NOT verified for sampled input bounds.
+
+    For each seed the perturbation's input bounds are sampled with ``steps`` steps (the
+    paper's T') and bounded with :func:`~snn_robust.compute_bounds`; a sample is verified
+    when every margin lower bound ``rate[y] - rate[j]`` is ``> 0``. A misclassified sample is
+    never verified (its clean input lies in its bounds), so this is the standard verified
+    error and is never below the clean error of the same encodings.
+
+    Inputs: images ``[N, X...]`` for :class:`~snn_robust.DigitalLinf` and
+    :class:`~snn_robust.DirectLinf`, sample-major spike trains ``[N, T, X...]`` for
+    :class:`~snn_robust.SpikeL0`. What is certified is the sampled Bernoulli maps / l_0
+    picks, not the whole ball (Section 3.2); ``DirectLinf`` bounds are deterministic and run
+    once (``seeds`` ignored).
+    """
+    if not isinstance(perturbation, Perturbation):
+        raise TypeError(f"perturbation must be an snn_robust Perturbation, got {type(perturbation).__name__}")
+    _check_batch_size(batch_size)
+    coding = {DigitalLinf: "rate", SpikeL0: "spike", DirectLinf: "direct"}.get(type(perturbation))
+    if coding is None:
+        coding = "direct" if perturbation.input_coding == "direct" else "rate"
+    _check_net(net, coding)
+    device = _device(net)
+    run_seeds = [] if coding == "direct" else list(seeds)
+    per_seed, n = [], 0
+    bar = _progress(progress, _total(data, batch_size, max_samples, max(1, len(run_seeds))), "certified error")
+    for seed in run_seeds or [None]:
+        gen = _generators(seed, device, 4)[3] if seed is not None else None
+        unverified, n = 0, 0
+        for x, y in _batches(data, batch_size, max_samples, device):
+            x_in = _time_major(x) if coding == "spike" else x
+            lower, upper = perturbation.bounds(x_in, steps, gen)
+            with torch.no_grad():
+                margins = compute_bounds(net, lower, upper, labels=y, method=method)
+            unverified += int((~(margins > 0).all(1)).sum())
+            n += y.shape[0]
+            bar.update()
+        per_seed.append(unverified / max(n, 1))
+    bar.close()
+    details = {"perturbation": type(perturbation).__name__, "eps": float(perturbation.eps), "steps": steps,
+               "method": method}
+    return _summary(per_seed, run_seeds, n, details)
