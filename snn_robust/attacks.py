@@ -168,7 +168,7 @@ def _check_box(box: tuple[Tensor, Tensor] | None, x: Tensor, cls: str) -> Tensor
     return _flat(lower != upper)
 
 
-def _select(cand: Tensor, score: Tensor, increases: Tensor, limit: int | Tensor, remaining: Tensor) -> Tensor:
+def _select(cand: Tensor, score: Tensor, increases: Tensor, limit: int, remaining: Tensor) -> Tensor:
     """Flips to apply, ``[B, D]`` bool: candidates in decreasing ``score`` order, at most
     ``limit`` per sample, of which at most ``remaining`` (per sample) move the input away
     from the clean one (``increases``); flips back to the clean value are always allowed."""
@@ -177,8 +177,7 @@ def _select(cand: Tensor, score: Tensor, increases: Tensor, limit: int | Tensor,
     c = cand.gather(1, order)
     inc = increases.gather(1, order) & c
     ok = c & (~inc | (inc.cumsum(1) <= remaining[:, None]))
-    limit = torch.as_tensor(limit, device=cand.device)
-    ok &= ok.cumsum(1) <= (limit[:, None] if limit.dim() else limit)
+    ok &= ok.cumsum(1) <= limit
     out = torch.zeros_like(cand)
     return out.scatter_(1, order, ok)
 
@@ -489,7 +488,10 @@ class SpikeCompatibleDigitalAttack(Attack):
         name = type(self).__name__
         _check_images(x, y, name)
         if net.input_coding != "spike":
-            raise ValueError(f"{name} needs a spike-input (rate-coded) network, got input_coding={net.input_coding!r}")
+            raise ValueError(
+                f"{name} needs a spike-input (rate-coded) network, got input_coding={net.input_coding!r}; "
+                "use EOTPGD for a direct-coded network"
+            )
         x0 = x.detach()
         xn = x0.clone()
         with attack_surrogate(net, self.surrogate):

@@ -120,7 +120,14 @@ def _num_batches(data: Any, batch_size: int, max_samples: int | None) -> int | N
     return None
 
 
-def _batches(data: Any, batch_size: int, max_samples: int | None, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def _total(data: Any, batch_size: int, max_samples: int | None, repeats: int) -> int | None:
+    per = _num_batches(data, batch_size, max_samples)
+    return None if per is None else per * repeats
+
+
+def _batches(
+    data: Any, batch_size: int, max_samples: int | None, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
     """``(inputs, labels)`` batches on ``device``, at most ``max_samples`` samples in all."""
     if _is_tensor_pair(data):
         inputs, labels = data
@@ -132,8 +139,8 @@ def _batches(data: Any, batch_size: int, max_samples: int | None, device: torch.
         source = data
     else:
         raise TypeError(
-            f"data must be a pair of tensors (inputs [N, ...], labels [N]) or an iterable of (inputs, labels) batches, "
-            f"got {type(data).__name__}"
+            "data must be a pair of tensors (inputs [N, ...], labels [N]) or an iterable of (inputs, labels) "
+            f"batches, got {type(data).__name__}"
         )
     seen = 0
     for batch in source:
@@ -198,7 +205,9 @@ def _progress(progress: bool, total: int | None, desc: str) -> tqdm:
 
 
 # -- clean error ------------------------------------------------------------------------
-def _wrong_clean(net: SpikingNetwork, x: Tensor, y: Tensor, coding: str, steps: int, gen, eval_samples: int) -> Tensor:
+def _wrong_clean(
+    net: SpikingNetwork, x: Tensor, y: Tensor, coding: str, steps: int, gen: torch.Generator | None, eval_samples: int
+) -> Tensor:
     """``[eval_samples, B]`` bool: misclassified under each evaluation encoding."""
     return torch.stack([~is_correct(net(_encode(x, coding, steps, gen)), y) for _ in range(eval_samples)])
 
@@ -239,13 +248,9 @@ def clean_error(
             bar.update()
         per_seed.append(wrong / max(n, 1))
     bar.close()
-    details = {"coding": coding, "time_steps": time_steps if coding != "spike" else None, "eval_samples": eval_samples}
+    details = {"coding": coding, "time_steps": time_steps if coding != "spike" else None,
+               "eval_samples": eval_samples}
     return _summary(per_seed, run_seeds, n, details)
-
-
-def _total(data: Any, batch_size: int, max_samples: int | None, repeats: int) -> int | None:
-    per = _num_batches(data, batch_size, max_samples)
-    return None if per is None else per * repeats
 
 
 # -- attack error -----------------------------------------------------------------------
@@ -280,7 +285,9 @@ def attack_error(
     _check_batch_size(batch_size)
     kind = getattr(attack, "input_kind", None)
     if kind not in ("digital", "spike"):
-        raise TypeError(f"attack must be an snn_robust.attacks.Attack (input_kind 'digital' or 'spike'), got {attack!r}")
+        raise TypeError(
+            f"attack must be an snn_robust.attacks.Attack (input_kind 'digital' or 'spike'), got {attack!r}"
+        )
     coding = ("direct" if net.input_coding == "direct" else "rate") if kind == "digital" else "spike"
     _check_net(net, coding)
     device = _device(net)
@@ -288,7 +295,8 @@ def attack_error(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("attack_error needs at least one seed")
-    bar = _progress(progress, _total(data, batch_size, max_samples, len(seeds) * len(eps)), f"attack {type(attack).__name__}")
+    total = _total(data, batch_size, max_samples, len(seeds) * len(eps))
+    bar = _progress(progress, total, f"attack {type(attack).__name__}")
     clean_per_seed: dict[int, float] = {}
     results, n = [], 0
     for e in eps:

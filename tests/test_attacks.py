@@ -17,7 +17,7 @@ from snn_robust.attacks import (
     attack_surrogate,
     spike_compatible_direction,
 )
-from snn_robust.evaluate import attack_error, clean_error, is_correct
+from snn_robust.evaluate import attack_error, is_correct
 
 DIGITAL = [
     EOTPGD(0.1, n_iter=8, samples=2),

@@ -201,3 +201,18 @@ def test_bad_arguments_raise_clear_errors(net, images, spikes):
         clean_error(net, images, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="sample-major"):
         clean_error(net, (spikes[0][:, 0, 0, 0], spikes[1]), coding="spike", progress=False)
+
+
+def test_direct_coded_network_is_evaluated_once_and_attacked_with_pgd(images):
+    net = trained_net(coding="direct", steps=100)
+    clean = clean_error(net, images, coding="direct", seeds=(0, 1), progress=False)
+    assert clean.seeds == [] and len(clean.per_seed) == 1 and clean.error <= 0.1
+    exact = certified_error(net, images, sr.DirectLinf(0.0), steps=4, progress=False)
+    assert exact.seeds == [] and exact.error == pytest.approx(
+        clean_error(net, images, coding="direct", time_steps=4, progress=False).error)
+    pgd = EOTPGD(0.3, n_iter=10, samples=1, surrogate=sr.Rectangular(half_width=2.0))
+    attacked = attack_error(net, images, pgd, [0.3], seeds=(0,), progress=False)
+    assert attacked.clean.error == pytest.approx(clean.error)
+    assert attacked.errors[0].error >= clean.error + 0.3
+    with pytest.raises(ValueError, match="EOTPGD"):
+        attack_error(net, images, SpikeCompatibleDigitalAttack(0.1), [0.1], seeds=(0,), progress=False)

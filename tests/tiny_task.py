@@ -37,14 +37,15 @@ def make_spikes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def _trained_state(seed: int, steps: int) -> dict:
+def _trained_state(seed: int, steps: int, coding: str) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = build()
+    net = build(coding)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     for i in range(steps):
         x, y = make_images(64, seed=10_000 + i)
-        rates = net(sr.bernoulli_encode(x, T, gen))
+        inputs = x.unsqueeze(0).expand(T, *x.shape) if coding == "direct" else sr.bernoulli_encode(x, T, gen)
+        rates = net(inputs)
         loss = nn.functional.cross_entropy(5 * rates, y)
         opt.zero_grad()
         loss.backward()
@@ -52,12 +53,14 @@ def _trained_state(seed: int, steps: int) -> dict:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def build() -> sr.SpikingNetwork:
-    return sr.SpikingNetwork([nn.Flatten(), nn.Linear(64, 32), sr.LIF(), nn.Linear(32, 2), sr.LIF()])
+def build(coding: str = "spike") -> sr.SpikingNetwork:
+    layers = [nn.Flatten(), nn.Linear(64, 32), sr.LIF(), nn.Linear(32, 2), sr.LIF()]
+    return sr.SpikingNetwork(layers, input_coding=coding)
 
 
-def trained_net(seed: int = 0, steps: int = 200) -> sr.SpikingNetwork:
-    """A fresh copy of the trained network (training runs once per process and seed)."""
-    net = build()
-    net.load_state_dict(_trained_state(seed, steps))
+def trained_net(seed: int = 0, steps: int = 200, coding: str = "spike") -> sr.SpikingNetwork:
+    """A fresh copy of the trained network (training runs once per process and setting);
+    ``coding="direct"`` trains a direct-coded network (the image as current at every step)."""
+    net = build(coding)
+    net.load_state_dict(_trained_state(seed, steps, coding))
     return net
