@@ -21,13 +21,15 @@ Two kinds of input, two budgets:
 Every attack shares one interface, ``attack(net, x, y, generator=None, *, callback=None)
 -> x_adv``: ``generator`` (a ``torch.Generator`` on the input's device) makes it
 deterministic; ``callback(i, x_adv_i)`` is called after iteration ``i`` with the current
-adversarial input (for instrumentation: budgets, loss curves). Attacks are frozen
-dataclasses of their parameters; ``with_eps`` returns the same attack at another radius.
+adversarial input (for instrumentation: budgets, loss curves). The spike attacks also take
+``box=(lower, upper)``. Attacks are frozen dataclasses of their parameters; ``with_eps``
+returns the same attack at another budget and ``config()`` a JSON-ready description.
 
 The loss maximised is the cross-entropy of the output rates (``loss="ce"``) or the rate
 margin ``max_{j != y} r_j - r_y`` (``loss="margin"``); input gradients flow through BPTT and
-the neurons' surrogate gradients. Every attack takes ``surrogate``: the surrogate gradient
-used while attacking (``None``: the model's own). The model's training surrogate (the
+the neurons' surrogate gradients. Every attack takes ``surrogate``, the surrogate gradient
+used while attacking (``None``: the model's own; :class:`GreedyFlip` takes ``surrogates``
+and tries them in turn). The model's training surrogate (the
 paper's rectangle ``|m - th| < 0.5``) is zero for every neuron far from its threshold, so
 gradients often vanish on a trained network; a wider window (e.g.
 ``Rectangular(half_width=2.0)``) can find adversarial inputs the model's own surrogate misses.
