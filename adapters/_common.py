@@ -38,9 +38,19 @@ def child_path(parent: str, name: str) -> str:
 
 
 def qualname(module: nn.Module) -> str:
+    """``nn.Linear``, ``snntorch.Leaky``, ``layer.Conv2d`` / ``neuron.LIFNode`` (SpikingJelly)."""
     kind = type(module)
-    root = kind.__module__.split(".")[0]
-    return f"{root}.{kind.__name__}" if root in ("snntorch", "spikingjelly") else f"nn.{kind.__name__}" if root == "torch" else kind.__name__
+    parts = kind.__module__.split(".")
+    if parts[0] == "torch":
+        return f"nn.{kind.__name__}"
+    if parts[0] == "spikingjelly":
+        for part in ("layer", "neuron"):
+            if part in parts:
+                return f"spikingjelly {part}.{kind.__name__}"
+        return f"spikingjelly {kind.__name__}"
+    if parts[0] == "snntorch":
+        return f"snntorch.{kind.__name__}"
+    return kind.__name__
 
 
 class FromSource(nn.Module):
