@@ -27,7 +27,9 @@ The authors' code applies cross-entropy to the raw rates; then the logits differ
 the softmax stays close to uniform and the gradient is weak. ``CleanLoss("ce", scale=s)``
 applies cross-entropy to ``s * rates`` (``s = 1`` is the authors' form); ``"mse"`` is the
 squared error against the one-hot label used by many SNN codes. The default (``"ce"``,
-``scale=DEFAULT_CE_SCALE``) was chosen by a measurement on MNIST recorded in the class docstring.
+``scale=DEFAULT_CE_SCALE`` = 5) was chosen by a measurement on MNIST (see
+:data:`DEFAULT_CE_SCALE`): 95.2 % test accuracy after 2 epochs against 90.6 % for the
+authors' scale 1 and 85.9 % for MSE; pass ``clean_scale=1.0`` to reproduce the authors' code.
 The certified term keeps the paper's form ``CE(-[0, lb])`` on rate margins (``bound_scale``
 multiplies the bound logits, default 1 as in the paper).
 """
@@ -80,7 +82,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLEAN_LOSSES = ("ce", "mse")
-DEFAULT_CE_SCALE = 1.0
+DEFAULT_CE_SCALE = 5.0
+"""Default factor on the rates in the clean cross-entropy. Measured (MNIST, 784-128-10 FC SNN,
+T = 10, paper SGD lr 0.01 momentum 0.9, batch 128, 2 epochs, 2000 test images, one seed):
+scale 1 (authors' code) 90.6 % test accuracy, 5: 95.2 %, 10: 94.8 %, 20: 82.8 %
+(too sharp, unstable), ``"mse"`` against one-hot: 85.9 %."""
 OPTIMIZERS = ("sgd", "adam")
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
@@ -533,6 +539,24 @@ class TrainConfig:
         start = base.get("eps_start_epoch", 0.0)
         base.setdefault("epochs", max(1, math.ceil(start + base["ramp_epochs"] + base["hold_epochs"])))
         return cls(**base)
+
+    @classmethod
+    def quick_robust(cls, eps: float = 0.12, **overrides: Any) -> "TrainConfig":
+        """A short robust profile for a CPU budget, found by measurement (not the paper's):
+        the paper's loss weights, clip, T' and clean coding, but the **IBP** bound as the
+        training bound, **Adam lr 1e-3**, eps ramped over 0.5 epoch and held 2.5 epochs
+        (3 epochs). Start from a naturally trained model.
+
+        Measured on MNIST (784-128-10 FC SNN, natural model 2 epochs at 96.3 % test
+        accuracy, eps 0.12, batch 128, first 1000 test images, T' = 3 for certification):
+        this profile (1407 steps, 71 s on one CPU thread) ends at 93.0 % clean accuracy with
+        35.4 % of the test images verified at eps 0.12 (IBP; 32.4 % CROWN-IBP) and EOT-PGD
+        attack error (10 steps, 2 samples, 300 images) 0.34 at eps 0.1 against 0.87 for the
+        natural model. The paper's settings (SGD lr 5e-4, CROWN-IBP) verified 0 % at 0.12
+        after 400 steps (attack error 0.77), and so did Adam with CROWN-IBP.
+        """
+        base: dict[str, Any] = dict(optimizer="adam", lr=1e-3, method="ibp", ramp_epochs=0.5, hold_epochs=2.5, epochs=3)
+        return cls.robust(eps, **{**base, **overrides})
 
     def eps_schedule(self, steps_per_epoch: int) -> EpsSchedule:
         return EpsSchedule.from_epochs(self.eps, self.ramp_epochs, self.hold_epochs, steps_per_epoch, start_epoch=self.eps_start_epoch)

@@ -192,6 +192,8 @@ def test_paper_defaults():
     assert (rob.lr, rob.momentum, rob.lr_milestones, rob.clip_norm, rob.bound_steps, rob.method) == (5e-4, 0.9, (), 0.25, 3, "crown-ibp")
     assert (rob.clean_weight, rob.bound_weight, rob.ramp_epochs, rob.hold_epochs, rob.epochs, rob.eps) == (0.4, 0.6, 250, 50, 300, 0.12)
     assert TrainConfig.robust(ramp_epochs=2, hold_epochs=0.5).epochs == 3
+    quick = TrainConfig.quick_robust(0.1, lr=2e-3)
+    assert (quick.optimizer, quick.lr, quick.method, quick.eps, quick.epochs, quick.bound_weight) == ("adam", 2e-3, "ibp", 0.1, 3, 0.6)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         TrainConfig(optimizer="rmsprop")
 
