@@ -1,7 +1,7 @@
 """S-CROWN: the backward linear bound of a specification (Algorithm 2).
 
-Shape glossary: ``T`` steps, ``B`` batch, ``S`` specification rows, ``N...`` a layer's
-neuron shape, ``M = T * B``.
+Shape glossary: ``T`` steps, ``B`` batch, ``S`` specification rows, ``N`` a layer's
+neurons (flattened), ``M = T * B``.
 
 For a specification ``C`` (``[B, S, classes]``) the bound is on ``C . rate`` with
 ``rate = (1/T) sum_t s_t[K]``. Starting from the coefficients ``C / T`` on every output
@@ -15,9 +15,17 @@ spike, each stage is walked backward in time:
 * spatial: the coefficient on ``m_t`` times ``scale`` goes back through the spatial
   layers (exact transposes, all steps at once) onto the previous layer's spikes.
 
-At the input the linear bound is concretised over the box
+At the input the linear bound is concretised over the box,
 ``sum_t A_t . mid_t - |A_t| . rad_t + bias``. The intermediate membrane intervals come
 from S-IBP (CROWN-IBP).
+
+Cost notes (method.md section 8). A lower and an upper relaxation line differ only on
+unstable neurons, so a backward step is "upper line everywhere, plus the difference
+where the coefficient is positive", and the constant terms go straight into the bias as
+batched dot products, without materialising their products. At the input, the first
+spatial layer is never transposed in full: ``A . mid`` is the coefficient on that
+layer's output times the centre S-IBP already computed, and ``|A| . rad`` is needed only
+where ``rad != 0`` (the unstable input elements, a small share for sampled bounds).
 """
 from __future__ import annotations
 
@@ -27,13 +35,86 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from .ibp import IBPResult
 from .relaxations import fire_relaxation, reset_relaxation
+from .spatial import BoundFlatten
 
 __all__ = ["s_crown"]
 
 
-def _sum_neurons(x: Tensor) -> Tensor:
-    """``[B, S, N...] -> [B, S]``."""
-    return x.flatten(2).sum(-1)
+def _dot(coef: Tensor, vec: Tensor) -> Tensor:
+    """``sum_N coef * vec`` for ``coef`` ``[B, S, N]`` and ``vec`` ``[B, N]`` -> ``[B, S]``."""
+    return torch.bmm(coef, vec.unsqueeze(-1)).squeeze(-1)
+
+
+def _lines(lower_slope: Tensor, upper_slope: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(upper, lower - upper)`` flattened to ``[T, B, N]``; the difference is ``None``
+    where it vanishes everywhere (e.g. the paper's reset planes have equal slopes)."""
+    up = upper_slope.flatten(2)
+    diff = (lower_slope - upper_slope).flatten(2)
+    return up, (diff if bool(diff.any()) else None)
+
+
+def _select(coef: Tensor, pos: Tensor, up: Tensor, diff: Tensor | None) -> Tensor:
+    """``coef * line`` with the lower line where ``coef > 0`` (``pos = relu(coef)``)."""
+    out = coef * up.unsqueeze(1)
+    return out if diff is None else torch.addcmul(out, pos, diff.unsqueeze(1))
+
+
+def _bias(coef: Tensor, pos: Tensor, up: Tensor, diff: Tensor | None) -> Tensor:
+    out = _dot(coef, up)
+    return out if diff is None else out + _dot(pos, diff)
+
+
+def _per_neuron(value: Tensor, like: Tensor) -> Tensor:
+    """A neuron parameter broadcast to ``[N]`` (or kept scalar)."""
+    return value if value.numel() == 1 else value.expand(like.shape[2:]).flatten()
+
+
+def _stage_backward(stage, membrane, stability, A: Tensor, adaptive: bool) -> tuple[Tensor, Tensor]:
+    """Coefficients ``[T, B, S, N]`` on a stage's spikes -> on its spatial input ``sp``
+    (times ``scale``), and the bias ``[B, S]`` collected on the way."""
+    lif = stage.lif
+    ml, mu = membrane
+    T, B, S = A.shape[:3]
+    fire = fire_relaxation(ml, mu, stability)
+    f_d, f_dd = _lines(fire.dl, fire.du)
+    f_b, f_db = _lines(fire.bl, fire.bu)
+    alpha = _per_neuron(lif.alpha, ml)
+    scale = _per_neuron(lif.input_scale, ml)
+    if lif.reset == "zero":
+        r = reset_relaxation(ml, mu, stability, adaptive)
+        # alpha >= 0 commutes with the sign test, so fold it into the planes
+        r_a, r_da = _lines(alpha * r.al.flatten(2), alpha * r.au.flatten(2))
+        r_b, r_db = _lines(alpha * r.bl.flatten(2), alpha * r.bu.flatten(2))
+        r_c, r_dc = _lines(alpha * r.cl.flatten(2), alpha * r.cu.flatten(2))
+    else:
+        drop = -(_per_neuron(lif.kappa, ml) * _per_neuron(lif.threshold, ml))
+
+    def at(x: Tensor | None, t: int) -> Tensor | None:
+        return None if x is None else x[t]
+
+    bias = A.new_zeros(B, S)
+    lam_sp: list[Tensor] = [None] * T  # type: ignore[list-item]
+    carry_m = carry_s = None
+    for t in reversed(range(T)):
+        lam_s = A[t] if carry_s is None else A[t] + carry_s
+        pos = lam_s.clamp(min=0) if (f_dd is not None or f_db is not None) else None
+        lam_m = _select(lam_s, pos, f_d[t], at(f_dd, t))
+        bias = bias + _bias(lam_s, pos, f_b[t], at(f_db, t))
+        if carry_m is not None:
+            lam_m = lam_m + carry_m
+        lam_sp[t] = lam_m if scale.numel() == 1 and float(scale) == 1.0 else lam_m * scale
+        if t == 0:
+            break
+        if lif.reset == "zero":  # carry = alpha z_{t-1}, z relaxed by planes in (m, s)
+            needs_pos = any(d is not None for d in (r_da, r_db, r_dc))
+            pos_m = lam_m.clamp(min=0) if needs_pos else None
+            carry_m = _select(lam_m, pos_m, r_a[t - 1], at(r_da, t - 1))
+            carry_s = _select(lam_m, pos_m, r_b[t - 1], at(r_db, t - 1))
+            bias = bias + _bias(lam_m, pos_m, r_c[t - 1], at(r_dc, t - 1))
+        else:  # soft reset: carry = alpha m - kappa th s, exact
+            carry_m = lam_m * alpha
+            carry_s = lam_m * drop
+    return torch.stack(lam_sp), bias
 
 
 def s_crown(
@@ -52,51 +133,31 @@ def s_crown(
     """
     T, B = lower.shape[:2]
     S = spec.shape[1]
-    out_shape = ibp.spikes[-1][0].shape[2:]
-    A = (spec / T).reshape(B, S, *out_shape).unsqueeze(0).expand(T, B, S, *out_shape)
+    n_out = ibp.spikes[-1][0][0, 0].numel()
+    A = (spec / T).reshape(B, S, n_out).unsqueeze(0).expand(T, B, S, n_out)
     bias = spec.new_zeros(B, S)
 
     for k in reversed(range(len(network.stages))):
         stage = network.stages[k]
-        lif = stage.lif
-        ml, mu = ibp.membrane[k]
-        st = ibp.stability[k]
-        fire = fire_relaxation(ml, mu, st)
-        reset = reset_relaxation(ml, mu, st, adaptive) if lif.reset == "zero" else None
-        alpha, th, scale, kappa = lif.alpha, lif.threshold, lif.input_scale, lif.kappa
-
-        lam_sp: list[Tensor] = [None] * T  # type: ignore[list-item]
-        carry_m = carry_s = None
-        for t in reversed(range(T)):
-            lam_s = A[t] if carry_s is None else A[t] + carry_s
-            pos, neg = lam_s.clamp(min=0), lam_s.clamp(max=0)
-            lam_m = pos * fire.dl[t].unsqueeze(1) + neg * fire.du[t].unsqueeze(1)
-            bias = bias + _sum_neurons(pos * fire.bl[t].unsqueeze(1) + neg * fire.bu[t].unsqueeze(1))
-            if carry_m is not None:
-                lam_m = lam_m + carry_m
-            lam_sp[t] = lam_m * scale
-            if t == 0:
-                break
-            if reset is None:  # soft reset: c = alpha m - kappa th s, exact
-                carry_m = alpha * lam_m
-                carry_s = -(kappa * th) * lam_m
-            else:  # hard reset: c = alpha z, z relaxed by planes in (m, s)
-                g = alpha * lam_m
-                gp, gn = g.clamp(min=0), g.clamp(max=0)
-                r = [x[t - 1].unsqueeze(1) for x in reset]
-                al, bl, cl, au, bu, cu = r
-                carry_m = gp * al + gn * au
-                carry_s = gp * bl + gn * bu
-                bias = bias + _sum_neurons(gp * cl + gn * cu)
-
-        A = torch.stack(lam_sp)  # [T, B, S, N...]
-        flat = A.reshape(T * B, S, *A.shape[3:])
-        for op, (il, iu) in zip(reversed(stage.ops), reversed(ibp.op_inputs[k])):
-            flat, b = op.backward(flat, il, iu)
+        A, b = _stage_backward(stage, ibp.membrane[k], ibp.stability[k], A, adaptive)
+        bias = bias + b
+        ops, boxes = stage.ops, ibp.op_inputs[k]
+        # the first stage stops at its first non-reshaping layer and concretises there
+        first = 0
+        if k == 0:
+            while first < len(ops) and isinstance(ops[first], BoundFlatten):
+                first += 1
+        sp_shape = ibp.membrane[k][0].shape[2:]
+        flat = A.reshape(T * B, S, *sp_shape)
+        for i in reversed(range(first + 1 if k == 0 and first < len(ops) else 0, len(ops))):
+            flat, b = ops[i].backward(flat, *boxes[i])
             bias = bias + b.reshape(T, B, S).sum(0)
-        A = flat.reshape(T, B, S, *flat.shape[2:])
+        if k == 0 and first < len(ops):
+            value = ops[first].concretize(flat, *boxes[first])
+            return value.reshape(T, B, S).sum(0) + bias
+        A = flat.reshape(T, B, S, -1)
 
-    mid = ((upper + lower) / 2).unsqueeze(2)
-    rad = ((upper - lower) / 2).unsqueeze(2)
-    value = (A * mid).flatten(3).sum(-1) - (A.abs() * rad).flatten(3).sum(-1)
+    mid = ((upper + lower) / 2).reshape(T, B, 1, -1)
+    rad = ((upper - lower) / 2).reshape(T, B, 1, -1)
+    value = (A * mid).sum(-1) - (A.abs() * rad).sum(-1)
     return value.sum(0) + bias
