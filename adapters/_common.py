@@ -23,6 +23,7 @@ __all__ = [
     "child_path",
     "plain_twin",
     "require_sequential",
+    "plain_sequential",
     "check_heaviside",
     "refuse_batchnorm",
     "Collected",
@@ -141,7 +142,7 @@ def require_sequential(model: nn.Module, framework: str) -> None:
     """Refuse a top-level model that is not an ``nn.Sequential`` (its ``forward`` is
     arbitrary code whose layer order cannot be read), pointing at Sequential children
     the user may have meant."""
-    if type(model) is nn.Sequential or _is_framework_sequential(model):
+    if plain_sequential(model) or _is_framework_sequential(model):
         return
     if not isinstance(model, nn.Module):
         raise TypeError(f"from_{framework} expects a torch nn.Module, got {type(model).__name__}")
@@ -154,6 +155,11 @@ def require_sequential(model: nn.Module, framework: str) -> None:
         f"{ROOT} ({type(model).__name__}) is not an nn.Sequential, so its layer order cannot be read from it: "
         f"express the network as an nn.Sequential of supported layers (nested nn.Sequential is fine).{hint}"
     )
+
+
+def plain_sequential(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` or a subclass that keeps its ``forward`` (runs its children in order)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _is_framework_sequential(model: nn.Module) -> bool:

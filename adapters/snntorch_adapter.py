@@ -30,7 +30,17 @@ from torch import Tensor, nn
 from snn_robust.errors import UnsupportedLayerError
 from snn_robust.neuron import LIF
 
-from ._common import ROOT, Collected, FromSource, check_heaviside, child_path, qualname, refuse_batchnorm, require_sequential
+from ._common import (
+    ROOT,
+    Collected,
+    FromSource,
+    check_heaviside,
+    child_path,
+    plain_sequential,
+    qualname,
+    refuse_batchnorm,
+    require_sequential,
+)
 
 __all__ = ["from_snntorch", "SnnTorchLeaky"]
 
@@ -143,6 +153,8 @@ class _Converter:
 
     def walk(self, module: nn.Module, path: str, out: Collected) -> None:
         handler = self.table.get(type(module))
+        if handler is None and plain_sequential(module):
+            handler = self.table[nn.Sequential]
         if handler is None:
             self._refuse(module, path)
         handler(module, path, out)

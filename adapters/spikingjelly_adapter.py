@@ -39,6 +39,7 @@ from ._common import (
     FromSource,
     check_heaviside,
     child_path,
+    plain_sequential,
     plain_twin,
     qualname,
     refuse_batchnorm,
@@ -261,6 +262,8 @@ class _Converter:
     # -- walking --------------------------------------------------------------------
     def walk(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
         handler = self.table.get(type(module))
+        if handler is None and plain_sequential(module):
+            handler = self.table[nn.Sequential]
         if handler is None:
             self._refuse(module, path)
         handler(module, path, ctx, out)

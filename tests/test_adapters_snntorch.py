@@ -395,6 +395,25 @@ def test_refusals(case):
     assert path in message and words in message, message
 
 
+class PlainSequential(nn.Sequential):
+    """A Sequential subclass that keeps Sequential's forward: accepted."""
+
+
+class ReorderingSequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_sequential_subclass_with_its_own_forward_is_refused_and_plain_one_accepted():
+    body = lambda: [nn.Linear(4, 3), leaky_with(output=True)]  # noqa: E731
+    net = sr.from_snntorch(nn.Sequential(PlainSequential(*body())))
+    assert len(net.stages) == 1
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.0 .*custom container"):
+        sr.from_snntorch(nn.Sequential(ReorderingSequential(*body())))
+    with pytest.raises(sr.UnsupportedLayerError, match="not an nn.Sequential"):
+        sr.from_snntorch(ReorderingSequential(*body()))
+
+
 def test_reset_mechanism_changed_after_construction_is_refused():
     bad = leaky_with(reset_mechanism="subtract")
     bad.reset_mechanism = "zero"  # snnTorch keeps the subtract state function

@@ -313,6 +313,31 @@ def test_live_tau_and_threshold_are_followed():
     assert torch.isclose(net.layers[2].alpha, torch.tensor(1 - 1 / 3.0))
 
 
+def step_mode_container(stateful: bool, *modules):
+    if LEGACY:  # 0.0.0.0.14: StepModeContainer(stateful, *args), mode set afterwards
+        c = layer.StepModeContainer(stateful, *modules)
+        c.step_mode = "m"
+        return c
+    return layer.StepModeContainer(stateful, "m", *modules)
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_step_mode_containers_convert_exactly(v_reset):
+    cfg = dict(kind="LIF", v_reset=v_reset, decay_input=True, tau=2.0, th=0.5)
+    model = nn.Sequential(
+        step_mode_container(False, nn.Conv2d(2, 4, 3, padding=1), nn.MaxPool2d(2)),
+        step_mode_container(True, node(cfg, "s"), nn.Flatten(), nn.Linear(64, 5)),
+        node(cfg, "m"),
+    )
+    gen = torch.Generator().manual_seed(3)
+    init_weights(model, False, gen, gain=3.0)
+    x = torch.rand(5, 4, 2, 8, 8, generator=gen).bernoulli(generator=gen)
+    net = sr.from_spikingjelly(model)
+    rates, trains = sj_run(model, x, "m")
+    assert len(trains) == 2 and all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
+    assert torch.equal(rates, net(x))
+
+
 @pytest.mark.skipif(not LEGACY, reason="backend='cupy' exists in SpikingJelly 0.0.0.0.14")
 def test_cupy_backed_model_converts_and_matches_in_eval():
     """A CuPy-backed model keeps its own backend; the twin computes in torch. At eval
