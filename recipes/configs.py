@@ -1,0 +1,286 @@
+"""Recipe and profile configurations: everything that decides a recipe's numbers.
+
+A *recipe* fixes the experiment (dataset, architecture, perturbation set, training eps, the
+paper's attack eps and reference numbers); a *profile* fixes the budget (training subset and
+length, optimizer, test samples, seeds, attack iterations). One shared pipeline
+(:mod:`snn_robust.recipes.pipeline`) runs any recipe under any profile.
+
+Profiles:
+
+* ``paper``: the paper's settings (Section 4.1, docs/method.md §5-6): 80 natural epochs on the
+  full training set (SGD lr 0.01 -> 0.001 at epoch 55, momentum 0.9, batch 128), 300 robust
+  epochs (SGD lr 5e-4, clip 0.25, CROWN-IBP at T' = 3, eps ramped over 250 epochs, held 50),
+  300 test samples, 3 seeds, 20 attack iterations. For a GPU.
+* ``quick``: a CPU budget of about 10 minutes per recipe on 2 cores. What is reduced is listed
+  in :data:`QUICK_REDUCTIONS` (and written to results.json / results.md).
+* ``smoke``: the whole pipeline on tiny subsets in seconds; for tests and CI only, its numbers
+  mean nothing.
+
+The paper's numbers (Table 1 accuracies, Table 2 rows) are stored in :class:`PaperReference`
+as *reference values from the paper*, shown beside ours in results.md; they are never used
+in any computation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "PROFILES",
+    "QUICK_REDUCTIONS",
+    "RECIPES",
+    "PaperReference",
+    "Profile",
+    "Recipe",
+    "get_profile",
+    "get_recipe",
+]
+
+Arch = Literal["fc", "conv"]
+
+
+@dataclass(frozen=True)
+class PaperReference:
+    """Reference numbers copied from the paper (percentages), for display only.
+
+    ``clean_acc``: Table 1 accuracy of the original (natural) model on the full test set.
+    ``table2``: Table 2 rows ``(attack_eps, original org err, original attack err,
+    robust org err, robust attack err)`` for this dataset and architecture (300 test samples).
+    """
+
+    clean_acc: float
+    table2: tuple[tuple[float, float, float, float, float], ...]
+
+    @property
+    def attack_eps(self) -> tuple[float, ...]:
+        return tuple(row[0] for row in self.table2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": "the paper (Table 1, Table 2); reference values, not computed here",
+            "clean_acc_percent": self.clean_acc,
+            "table2_columns": ["attack_eps", "original_org_err_%", "original_attack_err_%",
+                               "robust_org_err_%", "robust_attack_err_%"],
+            "table2": [list(r) for r in self.table2],
+        }
+
+
+# -- The paper's numbers (Table 1 and Table 2), verbatim --------------------------------------
+_PAPER: dict[tuple[str, str], PaperReference] = {
+    ("mnist", "fc"): PaperReference(98.45, (
+        (0.104, 0.3, 19.3, 4.7, 16.6), (0.124, 0.3, 29.7, 4.7, 20.3),
+        (0.140, 0.3, 39.0, 4.7, 23.3), (0.154, 0.3, 50.0, 5.0, 24.3))),
+    ("mnist", "conv"): PaperReference(99.09, (
+        (0.120, 0.3, 18.7, 3.7, 8.3), (0.140, 0.3, 29.0, 4.0, 9.0),
+        (0.170, 0.3, 40.7, 3.3, 10.7), (0.190, 0.3, 50.7, 4.0, 13.0))),
+    ("fmnist", "fc"): PaperReference(87.58, (
+        (0.040, 13.0, 20.7, 13.6, 20.0), (0.070, 13.0, 29.7, 13.3, 24.0),
+        (0.100, 11.7, 41.3, 14.0, 32.0), (0.114, 13.3, 49.7, 13.6, 38.7))),
+    ("fmnist", "conv"): PaperReference(89.53, (
+        (0.040, 10.0, 19.7, 18.0, 22.0), (0.060, 10.3, 28.3, 17.3, 23.0),
+        (0.080, 10.0, 41.3, 17.0, 25.7), (0.100, 10.3, 52.3, 16.7, 34.3))),
+    ("nmnist", "fc"): PaperReference(98.30, (
+        (0.0007, 3.7, 21.0, 3.7, 10.0), (0.0009, 3.7, 30.7, 3.7, 12.3),
+        (0.0012, 3.7, 41.3, 3.7, 16.7), (0.0014, 3.7, 48.7, 3.7, 18.3))),
+    ("nmnist", "conv"): PaperReference(99.05, (
+        (0.0008, 1.3, 20.0, 4.3, 7.0), (0.0010, 1.3, 33.7, 4.3, 11.0),
+        (0.0012, 1.3, 41.0, 4.3, 11.0), (0.0015, 1.3, 49.0, 4.3, 12.0))),
+}
+
+#: Robust-training eps per (dataset, arch), Table 2's header.
+_TRAIN_EPS = {
+    ("mnist", "fc"): 0.12, ("mnist", "conv"): 0.12,
+    ("fmnist", "fc"): 0.01, ("fmnist", "conv"): 0.005,
+    ("nmnist", "fc"): 0.005, ("nmnist", "conv"): 0.005,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One experiment of the paper.
+
+    Fields:
+        name: the recipe's name (``mnist-fc``, ..., ``tprime-sweep``).
+        kind: ``"table"`` (natural + robust model, Tables 1-2, Figure 5) or ``"tprime"``
+            (robust training at several T', Figure 4).
+        dataset, arch: the data set and the paper model (:func:`snn_robust.models.paper_model`).
+        train_eps: the robust-training eps (Table 2 header).
+        attack_eps: the paper's four attack eps (Table 2 rows).
+        paper: the paper's reference numbers (display only).
+        tprimes: T' values of a ``"tprime"`` recipe.
+        cpu_arch: architecture used instead of ``arch`` by the CPU profiles (``quick``,
+            ``smoke``), when the paper's one is too slow there (``None``: same).
+        search_hi: the upper end of the eps search bracket (doubled while too small).
+    """
+
+    name: str
+    kind: Literal["table", "tprime"]
+    dataset: str
+    arch: Arch
+    train_eps: float
+    attack_eps: tuple[float, ...] = ()
+    paper: PaperReference | None = None
+    tprimes: tuple[int, ...] = ()
+    cpu_arch: Arch | None = None
+    search_hi: float = 0.3
+
+    @property
+    def coding(self) -> str:
+        """``"spike"`` for event data (N-MNIST), ``"rate"`` for Bernoulli-coded images."""
+        return "spike" if self.dataset == "nmnist" else "rate"
+
+    def arch_for(self, profile: "Profile") -> Arch:
+        if self.cpu_arch is not None and profile.name != "paper":
+            return self.cpu_arch
+        return self.arch
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["paper"] = self.paper.to_dict() if self.paper is not None else None
+        d["coding"] = self.coding
+        return d
+
+
+def _table_recipe(dataset: str, arch: Arch) -> Recipe:
+    paper = _PAPER[(dataset, arch)]
+    return Recipe(
+        name=f"{dataset}-{arch}", kind="table", dataset=dataset, arch=arch,
+        train_eps=_TRAIN_EPS[(dataset, arch)], attack_eps=paper.attack_eps, paper=paper,
+        search_hi=0.01 if dataset == "nmnist" else 0.3,
+    )
+
+
+#: Every recipe, by name.
+RECIPES: dict[str, Recipe] = {
+    r.name: r for r in [_table_recipe(d, a) for d in ("mnist", "fmnist", "nmnist") for a in ("fc", "conv")]
+}
+# Figure 4: the paper uses CONV on MNIST at eps 0.12; the CPU profiles use FC (CONV robust
+# steps cost about 10x more on a CPU).
+RECIPES["tprime-sweep"] = Recipe(
+    name="tprime-sweep", kind="tprime", dataset="mnist", arch="conv", train_eps=0.12,
+    tprimes=(1, 3, 5), cpu_arch="fc",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A compute budget. ``natural`` / ``robust`` are :class:`~snn_robust.training.TrainConfig`
+    overrides on top of ``TrainConfig.natural()`` and ``TrainConfig.robust(eps)`` (or
+    ``TrainConfig.quick_robust(eps)`` when ``robust_base == "quick_robust"``).
+
+    Fields:
+        n_train: training samples (a stratified subset; ``None``: the whole training set).
+        n_test: test samples for every evaluation (the paper: 300; capped by the test set).
+        seeds: seeds of clean and certified error (rate coding and l_0 picks are random).
+        attack_seeds: seeds of the attack error; certify_seeds: seeds of the certified error.
+        attack_iters: iterations of every attack; eot_samples: EOT-PGD's codings per step.
+        search_samples, search_iters: the eps search's subset size and bisection steps per
+            target; search_targets: the natural model's attack error to aim for.
+        certify_steps: the T' of certification; certify_methods: the bound methods.
+        log_points: about this many rows per training run in steps.csv (training curves).
+        conv: overrides of the fields above (and of ``natural`` / ``robust`` entries) for
+            CONV models.
+        nmnist: overrides for N-MNIST recipes.
+    """
+
+    name: str
+    n_train: int | None
+    n_test: int
+    natural: dict[str, Any]
+    robust: dict[str, Any]
+    robust_base: Literal["robust", "quick_robust"] = "robust"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    attack_seeds: tuple[int, ...] = (0, 1, 2)
+    certify_seeds: tuple[int, ...] = (0, 1, 2)
+    attack_iters: int = 20
+    eot_samples: int = 4
+    search_samples: int = 100
+    search_iters: int = 5
+    search_targets: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
+    certify_steps: tuple[int, ...] = (3, 10)
+    certify_methods: tuple[str, ...] = ("ibp", "crown-ibp", "best")
+    log_points: int = 50
+    eval_batch: int = 100
+    conv: dict[str, Any] = field(default_factory=dict)
+    nmnist: dict[str, Any] = field(default_factory=dict)
+    reductions: tuple[str, ...] = ()
+
+    def for_recipe(self, recipe: Recipe) -> "Profile":
+        """This profile with its CONV / N-MNIST overrides applied for ``recipe``."""
+        out = self
+        for key, active in (("nmnist", recipe.dataset == "nmnist"), ("conv", recipe.arch_for(self) == "conv")):
+            over = dict(getattr(self, key))
+            if not active or not over:
+                continue
+            for part in ("natural", "robust"):
+                if part in over:
+                    over[part] = {**getattr(out, part), **over[part]}
+            out = dataclasses.replace(out, **over)
+        return dataclasses.replace(out, conv={}, nmnist={})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: What the quick profile reduces, relative to the paper (also written to results.md).
+QUICK_REDUCTIONS: tuple[str, ...] = (
+    "natural training: 2 epochs on a 30000-image stratified subset with Adam lr 1e-3 (no lr decay) "
+    "instead of 80 epochs of SGD on all 60000 (CONV: 10000 images; N-MNIST: the 1000 training "
+    "recordings of the shared real subset, 10 epochs)",
+    "robust training: TrainConfig.quick_robust, i.e. the IBP bound as the training bound, Adam lr 1e-3, "
+    "eps ramped over 0.5 epoch and held 2.5, 3 epochs on the same subset (N-MNIST: ramp 2, hold 8 epochs), instead of CROWN-IBP with "
+    "SGD lr 5e-4 over 250 + 50 epochs; same loss weights (0.4 / 0.6), clip 0.25 and T' = 3",
+    "evaluation: 300 test samples (CONV: 100; N-MNIST: the 100 test recordings of the shared subset); "
+    "clean error over seeds 0, 1, 2; certified error with seed 0 only; attacks with one seed and 10 "
+    "iterations (CONV: 5), EOT-PGD with 2 codings per step (CONV: 1)",
+    "eps search: bisection on 100 test samples (CONV: 50), 4 steps per target, attack seed 0",
+)
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(
+        name="paper", n_train=None, n_test=300,
+        natural={}, robust={}, robust_base="robust",
+        seeds=(0, 1, 2), attack_seeds=(0, 1, 2), attack_iters=20, eot_samples=4,
+        search_samples=100, search_iters=6, log_points=300,
+        reductions=("none: the paper's settings (Section 4.1, docs/method.md §5)",),
+    ),
+    "quick": Profile(
+        name="quick", n_train=30000, n_test=300,
+        natural={"epochs": 2, "optimizer": "adam", "lr": 1e-3, "lr_milestones": ()},
+        robust={"epochs": 3, "ramp_epochs": 0.5, "hold_epochs": 2.5},
+        robust_base="quick_robust",
+        seeds=(0, 1, 2), attack_seeds=(0,), certify_seeds=(0,), attack_iters=10, eot_samples=2,
+        search_samples=100, search_iters=4, log_points=60,
+        conv={"n_train": 10000, "n_test": 100, "attack_iters": 5, "eot_samples": 1, "search_samples": 50},
+        nmnist={"natural": {"epochs": 10}, "robust": {"epochs": 10, "ramp_epochs": 2.0, "hold_epochs": 8.0}},
+        reductions=QUICK_REDUCTIONS,
+    ),
+    "smoke": Profile(
+        name="smoke", n_train=128, n_test=16,
+        natural={"epochs": 1, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "lr_milestones": ()},
+        robust={"epochs": 1, "batch_size": 32, "ramp_epochs": 0.5, "hold_epochs": 0.5},
+        robust_base="quick_robust",
+        seeds=(0, 1), attack_seeds=(0,), certify_seeds=(0,), attack_iters=2, eot_samples=1,
+        search_samples=8, search_iters=1, log_points=4, eval_batch=16,
+        conv={"n_train": 64, "n_test": 4, "eval_batch": 4, "search_samples": 4, "attack_iters": 1},
+        nmnist={"n_train": 64},
+        reductions=("smoke test: tiny subsets and a few steps; the numbers mean nothing",),
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ``KeyError`` names the known ones."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}") from None
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` (``smoke``, ``quick``, ``paper``)."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}") from None

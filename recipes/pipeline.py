@@ -1,0 +1,601 @@
+"""The one pipeline every recipe runs: train, attack, certify, report.
+
+Stages of a ``"table"`` recipe (Tables 1-2, Figure 5), each with its own result file in the
+run folder; a stage whose file exists is not recomputed, so re-running the same command
+continues an interrupted run (training itself resumes from ``fit``'s ``last.pt``):
+
+================  ===============================  ==========================================
+stage             result file                      what
+================  ===============================  ==========================================
+natural           natural/model.pt                 natural training (BPTT), Table 1
+robust            robust/model.pt                  robust training from the natural model
+clean-<model>     eval/<model>-clean.json          clean error over seeds
+search-<attack>   eval/search-<attack>.json        eps giving the natural model 20/30/40/50 %
+attack-<m>-<a>    eval/<model>-attack-<a>.json     attack error at the paper's + searched eps
+certify-<model>   eval/<model>-certify.json        certified error per bound method and T'
+report            results.json, results.md, *.png  always rewritten from the files above
+================  ===============================  ==========================================
+
+A ``"tprime"`` recipe (Figure 4) trains one robust model per T' (``robust-t<T'>``) from the
+same natural model and evaluates clean error, the S-CROWN loss on test samples and time per
+epoch.
+
+Model files (``model.pt``) are the same format the CLI's ``train`` / ``robust-train`` write
+and ``attack`` / ``certify`` read: see :func:`save_model` / :func:`load_model`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from snn_robust import DigitalLinf, SpikeL0, compute_bounds
+from snn_robust.loss import bound_logits
+from snn_robust.models import paper_model
+from snn_robust.network import SpikingNetwork
+from snn_robust.perturbations import Perturbation
+from snn_robust.training import TrainConfig, atomic_save, fit
+
+from .configs import Profile, Recipe
+
+__all__ = [
+    "MODEL_FORMAT",
+    "RecipeConfigError",
+    "attack_names",
+    "environment",
+    "hardware",
+    "load_model",
+    "load_test_set",
+    "load_train_set",
+    "make_attack",
+    "perturbation_for",
+    "run_recipe",
+    "save_model",
+    "search_eps",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "snn-robust-model/1"
+RESULTS_SCHEMA = "snn-robust-recipe-results/1"
+
+
+class RecipeConfigError(ValueError):
+    """The run folder holds a run made with a different configuration."""
+
+
+# --------------------------------------------------------------------------------------------
+# Environment
+
+
+def environment() -> dict[str, str]:
+    """Versions of Python and of the packages that decide the numbers."""
+    import numpy as np
+
+    import snn_robust
+
+    out = {"python": platform.python_version(), "snn_robust": snn_robust.__version__,
+           "torch": str(torch.__version__), "numpy": str(np.__version__)}
+    for name in ("torchvision", "tonic", "matplotlib", "snntorch", "spikingjelly"):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(name)
+        except Exception:  # not installed
+            pass
+    return out
+
+
+def hardware(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """CPU model, core and thread counts, and the GPU's name when one is used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.device(device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(dev), "gpu": gpu, "platform": platform.platform()}
+
+
+# --------------------------------------------------------------------------------------------
+# Model files
+
+
+def save_model(path: str | os.PathLike[str], net: SpikingNetwork, *, arch: str, dataset: str,
+               **meta: Any) -> Path:
+    """Write a model file that :func:`load_model` (and the CLI) can rebuild: the paper
+    architecture and dataset, the weights, and any JSON-able ``meta`` (training config,
+    perturbation, environment)."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return atomic_save({"format": MODEL_FORMAT, "arch": arch, "dataset": dataset, "state_dict": state,
+                        "meta": meta, "environment": environment()}, path)
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[SpikingNetwork, dict[str, Any]]:
+    """Rebuild a network saved by :func:`save_model`; returns ``(net, info)`` where ``info``
+    holds ``arch``, ``dataset`` and ``meta``. Raises ``ValueError`` for other files."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file {p} does not exist")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{p} is not a readable model file ({type(exc).__name__})") from exc
+    if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{p} is not an snn-robust model file (expected format {MODEL_FORMAT!r}; "
+                         "make one with 'snn-robust train' or 'snn-robust robust-train')")
+    net = paper_model(ck["arch"], ck["dataset"])
+    net.load_state_dict(ck["state_dict"])
+    net.to(device).eval()
+    return net, {"arch": ck["arch"], "dataset": ck["dataset"], "meta": ck.get("meta", {})}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def _load_split(dataset: str, root: Any, train: bool, verify: bool, steps: int = 10) -> Any:
+    from snn_robust import data
+
+    if dataset == "nmnist":
+        return data.nmnist(root, train=train, steps=steps)
+    load = data.mnist if dataset == "mnist" else data.fashion_mnist
+    return load(root, train=train, verify=verify)
+
+
+def load_train_set(dataset: str, n: int | None, root: Any = None, verify: bool = True, seed: int = 0) -> Any:
+    """The training set, or a stratified subset of ``n`` samples (seed ``seed``)."""
+    from snn_robust.data import stratified_split
+
+    full = _load_split(dataset, root, True, verify)
+    if n is None or n >= len(full):
+        return full
+    return stratified_split(full, n, seed=seed)[0]
+
+
+def load_test_set(dataset: str, n: int, root: Any = None, verify: bool = True, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` test samples (stratified, seed ``seed``; all when the split is smaller) as
+    tensors: images ``[N, C, H, W]`` or sample-major frames ``[N, T, 2, 34, 34]``, labels ``[N]``."""
+    from snn_robust.data import stratified_split
+
+    full = _load_split(dataset, root, False, verify)
+    indices = list(range(len(full))) if n >= len(full) else list(stratified_split(full, n, seed=seed)[0].indices)
+    if hasattr(full, "tensors"):
+        x, y = full.tensors()
+        idx = torch.tensor(indices, dtype=torch.long)
+        return x[idx], y[idx]
+    items = [full[i] for i in indices]
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items], dtype=torch.long)
+
+
+def _to_time_major(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    return x.transpose(0, 1), y
+
+
+# --------------------------------------------------------------------------------------------
+# Perturbations and attacks
+
+
+def perturbation_for(dataset: str, eps: float) -> Perturbation:
+    """``SpikeL0`` for event data (N-MNIST), ``DigitalLinf`` for images."""
+    return SpikeL0(eps) if dataset == "nmnist" else DigitalLinf(eps)
+
+
+def attack_names(dataset: str) -> dict[str, str]:
+    """Attack name -> role (``"paper"`` or ``"reference"``) for a dataset."""
+    if dataset == "nmnist":
+        return {"spike-compatible": "paper", "greedy-flip": "reference"}
+    return {"spike-compatible": "paper", "eot-pgd": "reference"}
+
+
+def make_attack(name: str, eps: float, *, dataset: str, arch: str, iters: int, eot_samples: int = 2) -> Any:
+    """The attack ``name`` at budget ``eps``. Spike inputs: the paper's per-iteration limit is
+    ``eps / 2`` of the elements (FC) or ``eps / 6`` (CONV), Section 4.1."""
+    from snn_robust import attacks
+
+    if name == "spike-compatible":
+        if dataset == "nmnist":
+            return attacks.SpikeCompatibleAttack(eps, n_iter=iters, iter_fraction=eps / 2 if arch == "fc" else eps / 6)
+        return attacks.SpikeCompatibleDigitalAttack(eps, n_iter=iters)
+    if name == "eot-pgd":
+        return attacks.EOTPGD(eps, n_iter=iters, samples=eot_samples)
+    if name == "greedy-flip":
+        return attacks.GreedyFlip(eps, n_iter=iters)
+    raise ValueError(f"unknown attack {name!r}; expected spike-compatible, eot-pgd or greedy-flip")
+
+
+def attack_errors(net: SpikingNetwork, data: tuple[Tensor, Tensor], name: str, eps_list: list[float], *,
+                  dataset: str, arch: str, iters: int, eot_samples: int, seeds: tuple[int, ...],
+                  batch_size: int, max_samples: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Attack error at each eps (one attack object per eps, so parameters derived from eps
+    follow it). Returns ``{"attack", "eps", "errors", "clean"}`` (ErrorResult dicts)."""
+    from snn_robust.evaluate import attack_error
+
+    errors, clean, config = [], None, None
+    for e in eps_list:
+        atk = make_attack(name, e, dataset=dataset, arch=arch, iters=iters, eot_samples=eot_samples)
+        res = attack_error(net, data, atk, [e], seeds=seeds, batch_size=batch_size, max_samples=max_samples,
+                           progress=progress)
+        errors.append(res.errors[0].to_dict())
+        clean = res.clean.to_dict()
+        config = res.attack
+    return {"attack": config, "eps": [float(e) for e in eps_list], "errors": errors, "clean": clean}
+
+
+def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], hi: float, iters: int,
+               max_hi: float = 1.0) -> dict[str, Any]:
+    """Find eps where ``error_at(eps)`` (an attack error, roughly increasing in eps) is near
+    each target, by bisection that shares every evaluation between targets.
+
+    The bracket starts at ``[0, hi]``; ``hi`` doubles (up to ``max_hi``) while its error is
+    below the largest target. For each target, the bracket is narrowed from the evaluated
+    points on either side of it, then bisected ``iters`` times; the chosen eps is the
+    evaluated one whose error is nearest the target (ties: the smaller eps).
+    Returns ``{"targets", "eps", "errors", "evaluated": [[eps, error], ...]}``.
+    """
+    cache: dict[float, float] = {}
+
+    def f(e: float) -> float:
+        e = float(f"{e:.6g}")
+        if e not in cache:
+            cache[e] = float(error_at(e))
+            log.info("eps search: eps %.6g -> attack error %.3f", e, cache[e])
+        return cache[e]
+
+    while f(hi) < max(targets) and hi < max_hi:
+        hi = min(2 * hi, max_hi)
+    chosen, errs = [], []
+    for target in targets:
+        below = [e for e, v in cache.items() if v < target]
+        lo = max(below, default=0.0)
+        above = [e for e, v in cache.items() if v >= target and e > lo]
+        top = min(above, default=hi)
+        for _ in range(iters):
+            mid = (lo + top) / 2
+            if f(mid) < target:
+                lo = mid
+            else:
+                top = mid
+        best = min(cache, key=lambda e: (abs(cache[e] - target), e))
+        chosen.append(best)
+        errs.append(cache[best])
+    return {"targets": list(targets), "eps": chosen, "errors": errs,
+            "evaluated": sorted([e, v] for e, v in cache.items())}
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Ctx:
+    recipe: Recipe
+    profile: Profile
+    out: Path
+    arch: str
+    device: torch.device
+    seed: int
+    data_root: Any
+    verify: bool
+    progress: bool
+
+
+class RecipeRun:
+    """One recipe under one profile in one run folder. :meth:`run` runs the stages that have
+    no result file yet and writes the report; see the module docstring."""
+
+    def __init__(self, recipe: Recipe, profile: Profile, out: str | os.PathLike[str], *,
+                 data_root: Any = None, device: str | torch.device = "cpu", seed: int = 0,
+                 verify_data: bool = True, progress: bool = True) -> None:
+        profile = profile.for_recipe(recipe)
+        self.c = _Ctx(recipe, profile, Path(out), recipe.arch_for(profile), torch.device(device), int(seed),
+                      data_root, verify_data, progress)
+        self.stages: dict[str, dict[str, Any]] = {}
+        self._train = None
+        self._test: tuple[Tensor, Tensor] | None = None
+        self._started = time.time()
+
+    # -- configuration ----------------------------------------------------------------------
+    @property
+    def perturbation(self) -> Perturbation:
+        return perturbation_for(self.c.recipe.dataset, self.c.recipe.train_eps)
+
+    def natural_config(self) -> TrainConfig:
+        return TrainConfig.natural(**{**self.c.profile.natural, "seed": self.c.seed})
+
+    def robust_config(self, bound_steps: int | None = None) -> TrainConfig:
+        p = self.c.profile
+        over = {**p.robust, "seed": self.c.seed}
+        if bound_steps is not None:
+            over["bound_steps"] = bound_steps
+        return getattr(TrainConfig, p.robust_base)(self.c.recipe.train_eps, **over)
+
+    def config(self) -> dict[str, Any]:
+        """Everything that decides the numbers (written to config.json and results.json)."""
+        c = self.c
+        cfg: dict[str, Any] = {
+            "recipe": c.recipe.to_dict(), "profile": c.profile.to_dict(), "arch": c.arch, "seed": c.seed,
+            "natural_training": self.natural_config().to_dict(),
+            "perturbation": repr(self.perturbation),
+            "attacks": attack_names(c.recipe.dataset),
+        }
+        if c.recipe.kind == "tprime":
+            cfg["robust_training"] = {f"t{t}": self.robust_config(t).to_dict() for t in c.recipe.tprimes}
+        else:
+            cfg["robust_training"] = self.robust_config().to_dict()
+        return cfg
+
+    # -- data -------------------------------------------------------------------------------
+    def train_set(self) -> Any:
+        if self._train is None:
+            c = self.c
+            self._train = load_train_set(c.recipe.dataset, c.profile.n_train, c.data_root, c.verify)
+        return self._train
+
+    def test_set(self) -> tuple[Tensor, Tensor]:
+        if self._test is None:
+            c = self.c
+            self._test = load_test_set(c.recipe.dataset, c.profile.n_test, c.data_root, c.verify)
+        return self._test
+
+    # -- stage bookkeeping --------------------------------------------------------------------
+    def _stage(self, name: str, result_file: Path, compute: Callable[[], Any], *, model: bool = False) -> Any:
+        """Run ``compute`` unless ``result_file`` exists; record wall time and status.
+        JSON stages store ``{"stage", "wall_s", "result"}``; model stages store the model file
+        plus ``stage.json`` beside it."""
+        marker = result_file.parent / "stage.json" if model else result_file
+        if result_file.exists() and marker.exists():
+            info = json.loads(marker.read_text())
+            if name not in self.stages:  # a stage that ran in this invocation stays "ran"
+                self.stages[name] = {"status": "cached", "wall_s": info.get("wall_s"), "file": str(result_file)}
+            log.info("stage %s: done earlier (%s), skipped", name, result_file)
+            return info.get("result") if not model else None
+        log.info("stage %s: running", name)
+        t0 = time.perf_counter()
+        result = compute()
+        wall = time.perf_counter() - t0
+        if model:
+            _write_json(marker, {"stage": name, "wall_s": wall})
+        else:
+            _write_json(result_file, {"stage": name, "wall_s": wall, "result": result})
+        self.stages[name] = {"status": "ran", "wall_s": wall, "file": str(result_file)}
+        return result
+
+    def _fit(self, folder: Path, net: SpikingNetwork, config: TrainConfig, perturbation: Perturbation) -> None:
+        c = self.c
+        n = len(self.train_set())
+        total = config.epochs * math.ceil(n / config.batch_size)
+        fit(net, self.train_set(), perturbation, config, run_dir=folder, resume=True,
+            log_every=max(1, total // max(1, c.profile.log_points)), device=c.device, progress=c.progress,
+            batch_transform=_to_time_major if c.recipe.dataset == "nmnist" else None)
+
+    # -- training stages ----------------------------------------------------------------------
+    def natural_model(self) -> SpikingNetwork:
+        c = self.c
+        path = c.out / "natural" / "model.pt"
+
+        def train() -> None:
+            torch.manual_seed(c.seed)
+            net = paper_model(c.arch, c.recipe.dataset)
+            cfg = self.natural_config()
+            pert = perturbation_for(c.recipe.dataset, 0.0)
+            self._fit(path.parent, net, cfg, pert)
+            save_model(path, net, arch=c.arch, dataset=c.recipe.dataset, train_config=cfg.to_dict(),
+                       perturbation=repr(pert), recipe=c.recipe.name, profile=c.profile.name)
+
+        self._stage("natural", path, train, model=True)
+        return load_model(path, c.device)[0]
+
+    def robust_model(self, tag: str = "robust", bound_steps: int | None = None) -> SpikingNetwork:
+        c = self.c
+        path = c.out / tag / "model.pt"
+
+        def train() -> None:
+            net = self.natural_model()
+            net.train()
+            cfg = self.robust_config(bound_steps)
+            self._fit(path.parent, net, cfg, self.perturbation)
+            save_model(path, net, arch=c.arch, dataset=c.recipe.dataset, train_config=cfg.to_dict(),
+                       perturbation=repr(self.perturbation), recipe=c.recipe.name, profile=c.profile.name,
+                       initialised_from=str(c.out / "natural" / "model.pt"))
+
+        self._stage(tag, path, train, model=True)
+        return load_model(path, c.device)[0]
+
+    # -- evaluation stages --------------------------------------------------------------------
+    def clean(self, tag: str, net: SpikingNetwork) -> dict[str, Any]:
+        from snn_robust.evaluate import clean_error
+
+        c = self.c
+        return self._stage(f"clean-{tag}", c.out / "eval" / f"{tag}-clean.json", lambda: clean_error(
+            net, self.test_set(), coding=c.recipe.coding, seeds=c.profile.seeds, batch_size=c.profile.eval_batch,
+            progress=c.progress).to_dict())
+
+    def search(self, attack: str, net: SpikingNetwork) -> dict[str, Any]:
+        c = self.c
+        p = c.profile
+
+        def compute() -> dict[str, Any]:
+            def error_at(e: float) -> float:
+                r = attack_errors(net, self.test_set(), attack, [e], dataset=c.recipe.dataset, arch=c.arch,
+                                  iters=p.attack_iters, eot_samples=p.eot_samples, seeds=p.attack_seeds[:1],
+                                  batch_size=p.eval_batch, max_samples=p.search_samples, progress=False)
+                return r["errors"][0]["error"]
+
+            res = search_eps(error_at, p.search_targets, c.recipe.search_hi, p.search_iters)
+            res["samples"] = min(p.search_samples, len(self.test_set()[1]))
+            return res
+
+        return self._stage(f"search-{attack}", c.out / "eval" / f"search-{attack}.json", compute)
+
+    def attack(self, tag: str, net: SpikingNetwork, attack: str, searched: list[float]) -> dict[str, Any]:
+        c = self.c
+        p = c.profile
+        eps = list(c.recipe.attack_eps) + list(searched)
+        sources = ["paper"] * len(c.recipe.attack_eps) + [f"search {int(round(100 * t))}%" for t in p.search_targets]
+
+        def compute() -> dict[str, Any]:
+            res = attack_errors(net, self.test_set(), attack, eps, dataset=c.recipe.dataset, arch=c.arch,
+                                iters=p.attack_iters, eot_samples=p.eot_samples, seeds=p.attack_seeds,
+                                batch_size=p.eval_batch, progress=c.progress)
+            res["sources"] = sources
+            return res
+
+        return self._stage(f"attack-{tag}-{attack}", c.out / "eval" / f"{tag}-attack-{attack}.json", compute)
+
+    def certify(self, tag: str, net: SpikingNetwork) -> dict[str, Any]:
+        from snn_robust.evaluate import certified_error
+
+        c = self.c
+        p = c.profile
+
+        def compute() -> dict[str, Any]:
+            out: dict[str, Any] = {"eps": c.recipe.train_eps, "perturbation": repr(self.perturbation), "methods": {}}
+            for method in p.certify_methods:
+                out["methods"][method] = {}
+                for steps in p.certify_steps:
+                    r = certified_error(net, self.test_set(), self.perturbation, steps, method,
+                                        seeds=p.certify_seeds,
+                                        batch_size=p.eval_batch, progress=c.progress)
+                    out["methods"][method][str(steps)] = r.to_dict()
+            return out
+
+        return self._stage(f"certify-{tag}", c.out / "eval" / f"{tag}-certify.json", compute)
+
+    def bound_loss(self, tag: str, net: SpikingNetwork, steps: int) -> dict[str, Any]:
+        """Mean S-CROWN (CROWN-IBP) loss ``CE(-[0, lb])`` on the test samples at the training
+        eps, and the share verified by it, over the profile's seeds."""
+        c = self.c
+
+        def compute() -> dict[str, Any]:
+            x, y = self.test_set()
+            losses, verified = [], []
+            for seed in c.profile.seeds:
+                gen = torch.Generator(device=c.device).manual_seed(1000 + seed)
+                total, ok = 0.0, 0
+                for i in range(0, len(y), c.profile.eval_batch):
+                    xb, yb = x[i:i + c.profile.eval_batch].to(c.device), y[i:i + c.profile.eval_batch].to(c.device)
+                    if c.recipe.coding == "spike":
+                        xb = xb.transpose(0, 1)
+                    lo, up = self.perturbation.bounds(xb, steps, gen)
+                    with torch.no_grad():
+                        m = compute_bounds(net, lo, up, labels=yb, method="crown-ibp")
+                    total += float(F.cross_entropy(bound_logits(m, yb), yb, reduction="sum"))
+                    ok += int((m > 0).all(1).sum())
+                losses.append(total / len(y))
+                verified.append(ok / len(y))
+            return {"steps": steps, "loss": sum(losses) / len(losses), "loss_per_seed": losses,
+                    "verified": sum(verified) / len(verified), "seeds": list(c.profile.seeds)}
+
+        return self._stage(f"bound-loss-{tag}-t{steps}", c.out / "eval" / f"{tag}-bound-loss-t{steps}.json", compute)
+
+    # -- whole runs ---------------------------------------------------------------------------
+    def _check_config(self) -> dict[str, Any]:
+        cfg = self.config()
+        path = self.c.out / "config.json"
+        if path.exists():
+            saved = json.loads(path.read_text()).get("config")
+            if saved != json.loads(json.dumps(cfg)):
+                raise RecipeConfigError(
+                    f"{self.c.out} holds a run with a different configuration (recipe, profile or seed); "
+                    "use another --out folder or delete that one")
+        self.c.out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"config": cfg, "environment": environment(), "hardware": hardware(self.c.device)})
+        return cfg
+
+    def run(self) -> dict[str, Any]:
+        """Run every missing stage, then write results.json, results.md and the plots."""
+        from . import report
+
+        cfg = self._check_config()
+        t0 = time.perf_counter()
+        models: dict[str, Any]
+        if self.c.recipe.kind == "tprime":
+            models = self._run_tprime()
+        else:
+            models, search = self._run_table()
+        results: dict[str, Any] = {
+            "schema": RESULTS_SCHEMA,
+            "recipe": self.c.recipe.name,
+            "profile": self.c.profile.name,
+            "config": cfg,
+            "environment": environment(),
+            "hardware": hardware(self.c.device),
+            "stages": self.stages,
+            "wall_s": {"this_invocation": time.perf_counter() - t0,
+                       "all_stages": sum(s["wall_s"] or 0.0 for s in self.stages.values())},
+            "models": models,
+            "paper": self.c.recipe.paper.to_dict() if self.c.recipe.paper else None,
+        }
+        if self.c.recipe.kind == "table":
+            results["eps_search"] = search
+        report.write_report(results, self.c.out)
+        return results
+
+    def _run_table(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        nat = self.natural_model()
+        rob = self.robust_model()
+        names = attack_names(self.c.recipe.dataset)
+        search = {a: self.search(a, nat) for a in names}
+        models = {}
+        for tag, net in (("natural", nat), ("robust", rob)):
+            models[tag] = {
+                "clean_error": self.clean(tag, net),
+                "attack": {a: {**self.attack(tag, net, a, search[a]["eps"]), "role": role} for a, role in names.items()},
+                "certified": self.certify(tag, net),
+            }
+        return models, search
+
+    def _run_tprime(self) -> dict[str, Any]:
+        nat = self.natural_model()
+        models: dict[str, Any] = {"natural": {"clean_error": self.clean("natural", nat),
+                                              "bound_loss": self.bound_loss("natural", nat, 3)}}
+        for t in self.c.recipe.tprimes:
+            tag = f"robust-t{t}"
+            net = self.robust_model(tag, bound_steps=t)
+            metrics = _read_jsonl(self.c.out / tag / "metrics.jsonl")
+            times = [r["time"] for r in metrics]
+            per_epoch = [b - a for a, b in zip([0.0] + times[:-1], times)]
+            models[tag] = {
+                "tprime": t,
+                "clean_error": self.clean(tag, net),
+                "bound_loss": self.bound_loss(tag, net, 3),
+                "time_per_epoch_s": sum(per_epoch) / len(per_epoch) if per_epoch else None,
+                "final_training_row": metrics[-1] if metrics else None,
+            }
+        return models
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_recipe(recipe: Recipe, profile: Profile, out: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
+    """Run ``recipe`` under ``profile`` into ``out`` (resumable); return the results dict.
+    Keyword arguments go to :class:`RecipeRun` (``data_root``, ``device``, ``seed``,
+    ``verify_data``, ``progress``)."""
+    return RecipeRun(recipe, profile, out, **kwargs).run()
