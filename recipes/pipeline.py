@@ -517,7 +517,7 @@ class RecipeRun:
         path = self.c.out / "config.json"
         if path.exists():
             saved = json.loads(path.read_text()).get("config")
-            if saved != json.loads(json.dumps(cfg)):
+            if _comparable(saved) != _comparable(json.loads(json.dumps(cfg))):
                 raise RecipeConfigError(
                     f"{self.c.out} holds a run with a different configuration (recipe, profile or seed); "
                     "use another --out folder or delete that one")
@@ -586,6 +586,16 @@ class RecipeRun:
                 "final_training_row": metrics[-1] if metrics else None,
             }
         return models
+
+
+def _comparable(cfg: Any) -> Any:
+    """A config without its documentation-only fields (the profile's ``reductions`` text)."""
+    if not isinstance(cfg, dict):
+        return cfg
+    out = json.loads(json.dumps(cfg))
+    if isinstance(out.get("profile"), dict):
+        out["profile"].pop("reductions", None)
+    return out
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

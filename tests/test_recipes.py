@@ -255,9 +255,9 @@ def test_recipes_hold_the_paper_settings():
 def test_profile_overrides_apply_per_recipe():
     quick = PROFILES["quick"]
     conv = quick.for_recipe(RECIPES["mnist-conv"])
-    assert conv.n_test == 100 and conv.n_train == 10000 and conv.natural["epochs"] == 2 and conv.natural["optimizer"] == "adam"
+    assert conv.n_test == 100 and conv.n_train == 5000 and conv.natural["epochs"] == 2 and "optimizer" not in conv.natural
     nm = quick.for_recipe(RECIPES["nmnist-fc"])
-    assert nm.natural["epochs"] == 10 and nm.natural["optimizer"] == "adam" and nm.n_test == 300
+    assert nm.natural["epochs"] == 20 and nm.natural["lr_milestones"] == () and nm.n_test == 300
     assert quick.for_recipe(RECIPES["mnist-fc"]) == quick.for_recipe(RECIPES["fmnist-fc"])
 
 
