@@ -2,6 +2,8 @@
 against snnTorch's forward, shared parameters, and every documented refusal."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -419,6 +421,22 @@ def test_reset_mechanism_changed_after_construction_is_refused():
     bad.reset_mechanism = "zero"  # snnTorch keeps the subtract state function
     with pytest.raises(ValueError, match="model.1"):
         sr.from_snntorch(nn.Sequential(nn.Linear(4, 4), bad))
+
+
+def test_snn_robust_imports_without_the_frameworks():
+    """The adapters import snnTorch / SpikingJelly only when called."""
+    code = (
+        "import sys\n"
+        "sys.modules['snntorch'] = None\n"
+        "sys.modules['spikingjelly'] = None\n"
+        "import snn_robust\n"
+        "try:\n"
+        "    snn_robust.from_snntorch(None)\n"
+        "except ImportError:\n"
+        "    print('lazy')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "lazy", done.stderr
 
 
 # -- the tutorial convolutional network, in a user's training loop -------------------------
