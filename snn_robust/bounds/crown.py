@@ -29,6 +29,8 @@ where ``rad != 0`` (the unstable input elements, a small share for sampled bound
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -37,7 +39,19 @@ from .ibp import IBPResult
 from .relaxations import fire_relaxation, reset_relaxation
 from .spatial import BoundFlatten
 
-__all__ = ["s_crown"]
+__all__ = ["Relaxation", "s_crown", "s_crown_optimized"]
+
+
+@dataclass
+class Relaxation:
+    """Per-neuron weights ``[T, B, N...]`` choosing one stage's relaxations within their
+    valid families (see ``fire_relaxation`` / ``reset_relaxation``); ``None`` keeps the
+    default choice."""
+
+    fire_lower: Tensor | None = None
+    fire_upper: Tensor | None = None
+    reset_lower: Tensor | None = None
+    reset_upper: Tensor | None = None
 
 
 def _dot(coef: Tensor, vec: Tensor) -> Tensor:
@@ -69,19 +83,22 @@ def _per_neuron(value: Tensor, like: Tensor) -> Tensor:
     return value if value.numel() == 1 else value.expand(like.shape[2:]).flatten()
 
 
-def _stage_backward(stage, membrane, stability, A: Tensor, adaptive: bool) -> tuple[Tensor, Tensor]:
+def _stage_backward(
+    stage, membrane, stability, A: Tensor, adaptive: bool, weights: Relaxation | None = None
+) -> tuple[Tensor, Tensor]:
     """Coefficients ``[T, B, S, N]`` on a stage's spikes -> on its spatial input ``sp``
     (times ``scale``), and the bias ``[B, S]`` collected on the way."""
     lif = stage.lif
     ml, mu = membrane
     T, B, S = A.shape[:3]
-    fire = fire_relaxation(ml, mu, stability)
+    w = weights if weights is not None else Relaxation()
+    fire = fire_relaxation(ml, mu, stability, w.fire_lower, w.fire_upper)
     f_d, f_dd = _lines(fire.dl, fire.du)
     f_b, f_db = _lines(fire.bl, fire.bu)
     alpha = _per_neuron(lif.alpha, ml)
     scale = _per_neuron(lif.input_scale, ml)
     if lif.reset == "zero":
-        r = reset_relaxation(ml, mu, stability, adaptive)
+        r = reset_relaxation(ml, mu, stability, adaptive, w.reset_lower, w.reset_upper)
         # alpha >= 0 commutes with the sign test, so fold it into the planes
         r_a, r_da = _lines(alpha * r.al.flatten(2), alpha * r.au.flatten(2))
         r_b, r_db = _lines(alpha * r.bl.flatten(2), alpha * r.bu.flatten(2))
@@ -124,12 +141,13 @@ def s_crown(
     upper: Tensor,
     spec: Tensor,
     adaptive: bool = False,
+    relaxations: list[Relaxation] | None = None,
 ) -> Tensor:
     """Lower bounds ``[B, S]`` of ``spec @ rate`` over the input box ``[lower, upper]``.
 
     ``adaptive`` selects, per unstable neuron, the tighter pair of reset planes (see
     :func:`~snn_robust.bounds.relaxations.reset_relaxation`); ``False`` is the paper's
-    relaxation exactly.
+    relaxation exactly. ``relaxations`` (one per stage) overrides both choices.
     """
     T, B = lower.shape[:2]
     S = spec.shape[1]
@@ -139,7 +157,8 @@ def s_crown(
 
     for k in reversed(range(len(network.stages))):
         stage = network.stages[k]
-        A, b = _stage_backward(stage, ibp.membrane[k], ibp.stability[k], A, adaptive)
+        weights = relaxations[k] if relaxations is not None else None
+        A, b = _stage_backward(stage, ibp.membrane[k], ibp.stability[k], A, adaptive, weights)
         bias = bias + b
         ops, boxes = stage.ops, ibp.op_inputs[k]
         # the first stage stops at its first non-reshaping layer and concretises there
@@ -161,3 +180,49 @@ def s_crown(
     rad = ((upper - lower) / 2).reshape(T, B, 1, -1)
     value = (A * mid).sum(-1) - (A.abs() * rad).sum(-1)
     return value.sum(0) + bias
+
+
+def s_crown_optimized(
+    network: SpikingNetwork,
+    ibp: IBPResult,
+    lower: Tensor,
+    upper: Tensor,
+    spec: Tensor,
+    iterations: int = 20,
+    lr: float = 0.2,
+    init: float = 0.0,
+) -> Tensor:
+    """S-CROWN with optimised relaxations (alpha-CROWN [35] carried to spiking neurons).
+
+    Every unstable neuron's fire lines and reset planes are convex combinations within
+    their valid families, so any weights in ``[0, 1]`` give a sound bound. The weights
+    (per step, sample and neuron) start at 0 (constant fire bounds: on the output layer
+    this is exactly S-IBP's bound) and are optimised by projected Adam to maximise the
+    summed lower bound; the bound of the final weights is returned, differentiable with respect
+    to the network's parameters (the weights themselves are constants there).
+    """
+    frozen = IBPResult(
+        ibp.op_inputs, [(l.detach(), u.detach()) for l, u in ibp.membrane], ibp.stability, ibp.spikes
+    )
+    params = []
+    for k, stage in enumerate(network.stages):
+        shape = ibp.membrane[k][0].shape
+        n = 4 if stage.lif.reset == "zero" else 2
+        params.append([torch.full(shape, init, dtype=lower.dtype, device=lower.device, requires_grad=True) for _ in range(n)])
+
+    def relaxations(ps) -> list[Relaxation]:
+        return [Relaxation(*p) for p in ps]
+
+    flat = [p for ps in params for p in ps]
+    opt = torch.optim.Adam(flat, lr=lr)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            opt.zero_grad()
+            bound = s_crown(network, frozen, lower.detach(), upper.detach(), spec, relaxations=relaxations(params))
+            (-bound.sum()).backward(inputs=flat)
+            opt.step()
+            with torch.no_grad():
+                for p in flat:
+                    p.clamp_(0.0, 1.0)
+    final = [[p.detach() for p in ps] for ps in params]
+    return s_crown(network, ibp, lower, upper, spec, relaxations=relaxations(final))

@@ -77,36 +77,45 @@ class FireRelaxation(NamedTuple):
     bu: Tensor
 
 
-def fire_relaxation(ml: Tensor, mu: Tensor, st: Stability) -> FireRelaxation:
+def fire_relaxation(
+    ml: Tensor, mu: Tensor, st: Stability, lower_weight: Tensor | None = None, upper_weight: Tensor | None = None
+) -> FireRelaxation:
     """S-CROWN relaxation of the fire function (Eq. 8, typo fixed).
 
     Stable neurons are constants (``s = 1`` or ``s = 0``, slopes 0). For an unstable
-    neuron, with the step somewhere in ``[th_lo, th_hi]``:
+    neuron, with the step somewhere in ``[th_lo, th_hi]``, the valid lines are
 
-    * if ``mu - th >= th - ml``: ``(m - th_hi) / (mu - th_hi) <= s <= 1``
-      (the line through ``(th_hi, 0)`` and ``(mu, 1)``);
-    * else: ``0 <= s <= (m - ml) / (th_lo - ml)``
-      (the line through ``(ml, 0)`` and ``(th_lo, 1)``).
+    * lower: ``s >= 0`` and ``s >= (m - th_hi) / (mu - th_hi)`` (through ``(th_hi, 0)``
+      and ``(mu, 1)``), and every convex combination ``lambda * line + (1 - lambda) * 0``;
+    * upper: ``s <= 1`` and ``s <= (m - ml) / (th_lo - ml)`` (through ``(ml, 0)`` and
+      ``(th_lo, 1)``), and every ``mu * line + (1 - mu) * 1``.
 
-    The choice minimises the area between each line and the step (either bound's area
-    criterion reduces to the same comparison). When a line would need a zero-width
-    denominator (the interval sits inside the band) the constants ``0 <= s <= 1`` are
-    used.
+    Without weights, the paper's choice: the lower line with ``s <= 1`` if
+    ``mu - th >= th - ml``, else ``s >= 0`` with the upper line. It minimises the area
+    between each bound and the step (either bound's area criterion reduces to the same
+    comparison). ``lower_weight`` / ``upper_weight`` (in ``[0, 1]``, per neuron) pick any
+    other member of the two families (optimised slopes, as in alpha-CROWN [35]). A line
+    whose denominator would be zero (the interval sits inside the band) is never used.
     """
     zero = torch.zeros_like(ml)
     one = torch.ones_like(ml)
     a = mu - st.th_hi  # room above the band
     b = st.th_lo - ml  # room below the band
-    th = (st.th_lo + st.th_hi) / 2
-    lower_line = st.unstable & (mu - th >= th - ml) & (a > 0)
-    upper_line = st.unstable & ~lower_line & (b > 0)
-
-    safe_a = torch.where(lower_line, a, one)
-    safe_b = torch.where(upper_line, b, one)
-    dl = torch.where(lower_line, 1.0 / safe_a, zero)
-    bl = torch.where(lower_line, -st.th_hi / safe_a, torch.where(st.fires, one, zero))
-    du = torch.where(upper_line, 1.0 / safe_b, zero)
-    bu = torch.where(upper_line, -ml / safe_b, torch.where(st.silent, zero, one))
+    lower_ok = st.unstable & (a > 0)
+    upper_ok = st.unstable & (b > 0)
+    if lower_weight is None or upper_weight is None:
+        th = (st.th_lo + st.th_hi) / 2
+        lower_line = lower_ok & (mu - th >= th - ml)
+        lower_weight = lower_line.to(ml.dtype)
+        upper_weight = (upper_ok & ~lower_line).to(ml.dtype)
+    wl = torch.where(lower_ok, lower_weight, zero)
+    wu = torch.where(upper_ok, upper_weight, zero)
+    inv_a = torch.where(lower_ok, 1.0 / torch.where(lower_ok, a, one), zero)
+    inv_b = torch.where(upper_ok, 1.0 / torch.where(upper_ok, b, one), zero)
+    dl = wl * inv_a
+    bl = st.fires.to(ml.dtype) - wl * st.th_hi * inv_a
+    du = wu * inv_b
+    bu = (~st.silent).to(ml.dtype) - wu * (1.0 + ml * inv_b)
     return FireRelaxation(dl, bl, du, bu)
 
 
@@ -137,7 +146,14 @@ class ResetRelaxation(NamedTuple):
     cu: Tensor
 
 
-def reset_relaxation(ml: Tensor, mu: Tensor, st: Stability, adaptive: bool = False) -> ResetRelaxation:
+def reset_relaxation(
+    ml: Tensor,
+    mu: Tensor,
+    st: Stability,
+    adaptive: bool = False,
+    lower_weight: Tensor | None = None,
+    upper_weight: Tensor | None = None,
+) -> ResetRelaxation:
     """S-CROWN relaxation of the hard-reset product ``z = m (1 - s)`` (Eq. 10).
 
     Stable silent: ``z = m``; stable firing: ``z = 0``. Unstable: the reachable points
@@ -148,31 +164,30 @@ def reset_relaxation(ml: Tensor, mu: Tensor, st: Stability, adaptive: bool = Fal
     * upper ``z <= th_hi (1 - s)`` and lower ``z >= ml (1 - s)``: the paper's Eq. 10;
     * upper ``z <= m - th_lo s`` and lower ``z >= m - mu s``: the two other faces.
 
-    ``adaptive=False`` always uses the paper's planes. ``adaptive=True`` picks, per
-    neuron, the pair whose gap to the hull has the smaller integral over the
-    ``(m, s)`` region: the paper's pair when ``mu - th >= th - ml`` (mostly firing),
-    the other pair otherwise (mostly silent, where ``z`` follows ``m``).
+    Any convex combination of the two upper (lower) faces is valid too; the weight of the
+    paper's face is 1 by default. ``adaptive=True`` sets it to 0 (the other face) on the
+    neurons where that face has the smaller gap to the hull, integrated over the
+    ``(m, s)`` region: the paper's pair when ``mu - th >= th - ml`` (mostly firing), the
+    other pair otherwise (mostly silent, where ``z`` follows ``m``). ``lower_weight`` /
+    ``upper_weight`` give the weights per neuron (optimised planes).
     """
-    zero = torch.zeros_like(ml)
-    one = torch.ones_like(ml)
     silent = st.silent.to(ml.dtype)
-    th = (st.th_lo + st.th_hi) / 2
-    if adaptive:
-        other = st.unstable & (mu - th < th - ml)
-    else:
-        other = torch.zeros_like(st.unstable)
-    paper = st.unstable & ~other
-
+    unstable = st.unstable.to(ml.dtype)
+    if lower_weight is None or upper_weight is None:
+        th = (st.th_lo + st.th_hi) / 2
+        other = st.unstable & (mu - th < th - ml) if adaptive else torch.zeros_like(st.unstable)
+        lower_weight = upper_weight = (~other).to(ml.dtype)
+    wl, wu = lower_weight * unstable, upper_weight * unstable
+    vl, vu = unstable - wl, unstable - wu  # weights of the other faces
     th_hi = st.th_hi.expand_as(ml)
     th_lo = st.th_lo.expand_as(ml)
-    # lower: paper  ml(1-s) = -ml*s + ml ; other  m - mu*s
-    al = torch.where(other, one, silent)
-    bl = torch.where(paper, -ml, torch.where(other, -mu, zero))
-    cl = torch.where(paper, ml, zero)
-    # upper: paper  th_hi(1-s) ; other  m - th_lo*s
-    au = torch.where(other, one, silent)
-    bu = torch.where(paper, -th_hi, torch.where(other, -th_lo, zero))
-    cu = torch.where(paper, th_hi, zero)
+    # lower: wl * ml (1 - s) + vl * (m - mu s) ; upper: wu * th_hi (1 - s) + vu * (m - th_lo s)
+    al = silent + vl
+    bl = -(wl * ml + vl * mu)
+    cl = wl * ml
+    au = silent + vu
+    bu = -(wu * th_hi + vu * th_lo)
+    cu = wu * th_hi
     return ResetRelaxation(al, bl, cl, au, bu, cu)
 
 
