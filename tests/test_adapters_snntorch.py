@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from helpers import assert_sound
+from adapter_helpers import check_sound, input_box
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -26,6 +26,16 @@ def _forget_snntorch_instances():
     # across hypothesis examples.
     yield
     snn.SpikingNeuron.instances.clear()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These are tiny tensors: one intra-op thread is faster, and far faster on a busy
+    2-core machine, where a second spinning thread waits for a core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- running snnTorch itself --------------------------------------------------------------
@@ -234,18 +244,6 @@ def test_membrane_exactly_on_threshold_does_not_fire(reset, reset_delay):
 
 
 # -- soundness against snnTorch's own forward --------------------------------------------
-def input_box(x: torch.Tensor, unstable: int, gen: torch.Generator):
-    """Binary bounds around the spike input ``x``: ``unstable`` random elements per step
-    and sample may be 0 or 1."""
-    T, B = x.shape[:2]
-    flat = x.reshape(T, B, -1)
-    picks = torch.rand(flat.shape, generator=gen).argsort(-1)[..., :unstable]
-    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, picks, True)
-    lower = flat.masked_fill(mask, 0.0).reshape(x.shape)
-    upper = flat.masked_fill(mask, 1.0).reshape(x.shape)
-    return lower, upper
-
-
 @pytest.mark.parametrize("arch", ["fc", "conv"])
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
 @pytest.mark.parametrize("exact", [True, False])
@@ -258,8 +256,9 @@ def test_bounds_hold_for_snntorch_forward(arch, reset, exact):
     net = sr.from_snntorch(model)
     lower, upper = input_box(x, unstable=2, gen=gen)
     labels = torch.randint(0, net.num_classes, (x.shape[1],), generator=gen)
-    margins = assert_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
-    assert (margins["best"] > -1 + 1e-6).any(), "bounds are all trivial: the test would not catch an unsound one"
+    margins = check_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
+    tightest = torch.stack(list(margins.values())).amax(0)
+    assert (tightest > -1 + 1e-6).any(), "bounds are all trivial: the test would not catch an unsound one"
 
 
 def test_zero_reset_without_delay_is_sound():
@@ -271,7 +270,7 @@ def test_zero_reset_without_delay_is_sound():
     net = sr.from_snntorch(model)
     lower, upper = input_box(x, unstable=2, gen=gen)
     labels = torch.randint(0, 4, (x.shape[1],), generator=gen)
-    assert_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
+    check_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
 
 
 # -- shared parameters ----------------------------------------------------------------------
@@ -469,7 +468,7 @@ def test_tutorial_csnn_converts_bounds_and_trains():
     assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
 
     lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
-    assert_sound(rates_of(model), net, lower, upper, labels, samples=8, gen=gen)
+    check_sound(rates_of(model), net, lower, upper, labels, samples=8, gen=gen)
 
     # a user's loop: clean loss through snnTorch, certified loss through the twin
     model.train()

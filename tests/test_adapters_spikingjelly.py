@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from helpers import assert_sound
+from adapter_helpers import check_sound, input_box
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -24,6 +24,16 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate  
 
 LEGACY = not hasattr(neuron.BaseNode, "single_step_functional_forward")  # 0.0.0.0.14
 NODE_TYPES = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These are tiny tensors: one intra-op thread is faster, and far faster on a busy
+    2-core machine, where a second spinning thread waits for a core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- running SpikingJelly itself ------------------------------------------------------------
@@ -218,14 +228,6 @@ def test_membrane_exactly_on_threshold_fires(mode, v_reset):
 
 
 # -- soundness against SpikingJelly's own forward ------------------------------------------
-def input_box(x: torch.Tensor, unstable: int, gen: torch.Generator):
-    T, B = x.shape[:2]
-    flat = x.reshape(T, B, -1)
-    picks = torch.rand(flat.shape, generator=gen).argsort(-1)[..., :unstable]
-    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, picks, True)
-    return flat.masked_fill(mask, 0.0).reshape(x.shape), flat.masked_fill(mask, 1.0).reshape(x.shape)
-
-
 @pytest.mark.parametrize("arch", ["fc", "conv"])
 @pytest.mark.parametrize("kind", ["IF", "LIF", "PLIF"])
 @pytest.mark.parametrize("v_reset", [0.0, None])
@@ -239,8 +241,9 @@ def test_bounds_hold_for_spikingjelly_forward(arch, kind, v_reset):
     net = sr.from_spikingjelly(model)
     lower, upper = input_box(x, unstable=2, gen=gen)
     labels = torch.randint(0, net.num_classes, (x.shape[1],), generator=gen)
-    margins = assert_sound(rates_of(model, "m"), net, lower, upper, labels, samples=30, gen=gen)
-    assert (margins["best"] > -1 + 1e-6).any(), "bounds are all trivial: the test would not catch an unsound one"
+    margins = check_sound(rates_of(model, "m"), net, lower, upper, labels, samples=30, gen=gen)
+    tightest = torch.stack(list(margins.values())).amax(0)
+    assert (tightest > -1 + 1e-6).any(), "bounds are all trivial: the test would not catch an unsound one"
 
 
 def test_direct_input_bounds_hold_for_single_step_model():
@@ -250,7 +253,7 @@ def test_direct_input_bounds_hold_for_single_step_model():
     images = torch.rand(5, 3, 4, generator=gen)
     lower, upper = sr.DirectLinf(0.03).bounds(images, 4)
     labels = torch.randint(0, 4, (5,), generator=gen)
-    assert_sound(rates_of(model, "s"), net, lower.contiguous(), upper.contiguous(), labels, samples=30, gen=gen, binary=False)
+    check_sound(rates_of(model, "s"), net, lower.contiguous(), upper.contiguous(), labels, samples=30, gen=gen, binary=False)
 
 
 # -- shared parameters ----------------------------------------------------------------------
@@ -451,7 +454,7 @@ def test_csnn_converts_bounds_and_trains():
     assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
 
     lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
-    assert_sound(rates_of(model, "m"), net, lower, upper, labels, samples=8, gen=gen)
+    check_sound(rates_of(model, "m"), net, lower, upper, labels, samples=8, gen=gen)
 
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
