@@ -387,6 +387,7 @@ def _refusal_cases():
     ]
 
 
+@pytest.mark.filterwarnings("ignore:Inhibition is an unstable feature")
 @pytest.mark.parametrize("case", _refusal_cases(), ids=lambda c: c[0])
 def test_refusals(case):
     _, build, error, path, words = case
