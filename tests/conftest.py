@@ -17,6 +17,18 @@ settings.register_profile("ci", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Test tensors are tiny: one intra-op thread is several times faster than two, and
+    much faster on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _write_idx(path: Path, array: np.ndarray) -> Path:
     """Write a uint8 array as an IDX file (magic 0x08 type, big-endian dims); gzip for ``.gz``."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

@@ -35,15 +35,6 @@ def ids(attacks):
     return [f"{type(a).__name__}-{i}" for i, a in enumerate(attacks)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is many times faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def net(one_thread):
     return trained_net()

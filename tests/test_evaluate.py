@@ -14,15 +14,6 @@ from snn_robust.attacks import EOTPGD, GreedyFlip, SpikeCompatibleAttack, SpikeC
 from snn_robust.evaluate import AttackResult, ErrorResult, attack_error, certified_error, clean_error, is_correct
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is many times faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def net(one_thread):
     return trained_net()
