@@ -4,7 +4,8 @@ Robust step: clean forward/backward at T=10 plus ``certified_loss`` at T'=3 and 
 backward (the paper's 0.4/0.6 mix). Natural step: clean forward/backward at T=10.
 Models: the paper's MNIST FC (784-512-256-10) and CONV (C64K3S2-C128K3S2-FC256-FC10).
 
-    python benchmarks/robust_step.py [--batch 64] [--repeats 5] [--method crown-ibp]
+    python benchmarks/robust_step.py [--batch 64] [--repeats 5] [--method crown-ibp] [--threads 1]
+    python benchmarks/robust_step.py --models --weights runs/mnist-fc-quick/robust/model.pt
 """
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(arch: str, batch: int, repeats: int, method: str, eps: float) -> dict:
+def measure(arch: str, batch: int, repeats: int, method: str, eps: float, weights: str | None = None) -> dict:
     torch.manual_seed(0)
     net = paper_model(arch, "mnist")
+    if weights:  # trained weights (where few neurons are unstable the transposes shrink)
+        from snn_robust.recipes.pipeline import load_model
+
+        net, _ = load_model(weights)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     images = torch.rand(batch, 1, 28, 28)
     labels = torch.randint(0, 10, (batch,))
@@ -63,7 +68,7 @@ def measure(arch: str, batch: int, repeats: int, method: str, eps: float) -> dic
     t_rob = _time(robust, repeats)
     rss_rob = _peak_rss_mb()
     return {
-        "model": arch,
+        "model": arch if not weights else weights,
         "batch": batch,
         "method": method,
         "natural_s": round(t_nat, 4),
@@ -80,14 +85,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--method", default="crown-ibp", choices=sr.METHODS)
     parser.add_argument("--eps", type=float, default=0.12)
-    parser.add_argument("--models", nargs="+", default=["fc", "conv"])
+    parser.add_argument("--models", nargs="*", default=["fc", "conv"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--weights", nargs="*", default=[], help="model files (snn-robust train / recipes) to time instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for arch in args.models:
         print(json.dumps(measure(arch, args.batch, args.repeats, args.method, args.eps)))
+    for path in args.weights:
+        print(json.dumps(measure("fc", args.batch, args.repeats, args.method, args.eps, path)))
 
 
 if __name__ == "__main__":
