@@ -4,13 +4,14 @@ Shape glossary: ``T`` time steps, ``B`` batch, ``N...`` a layer's neuron shape.
 
 An adapter walks the user's model, looks every module up in its own conversion table
 (exact types only: a subclass may override ``forward``, so it is refused rather than
-guessed at) and builds a :class:`~snn_robust.SpikingNetwork` whose spatial layers hold
+guessed at; the one exception is an ``nn.Sequential`` subclass that keeps Sequential's
+``forward``) and builds a :class:`~snn_robust.SpikingNetwork` whose spatial layers hold
 the user's own ``nn.Parameter`` objects and whose LIF layers read their decay and
 threshold from the user's neuron at every use.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor, nn

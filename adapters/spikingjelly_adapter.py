@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
@@ -205,28 +204,19 @@ class _Converter:
         self.nodes = {neuron.IFNode: "IF", neuron.LIFNode: "LIF", neuron.ParametricLIFNode: "PLIF"}
         self.multi_step_containers = (layer.SeqToANNContainer, layer.MultiStepContainer)
         self.step_mode_container = layer.StepModeContainer
-        # One conversion table: exact module type -> (what it is, handler).
-        spatial = {
-            nn.Linear: "linear",
-            nn.Conv2d: "spatial",
-            nn.AvgPool2d: "spatial",
-            nn.MaxPool2d: "spatial",
-            nn.Flatten: "flatten",
+        # The spatial layers: SpikingJelly's own and the torch layer each one wraps.
+        sj_layers = {
+            layer.Linear: nn.Linear,
+            layer.Conv2d: nn.Conv2d,
+            layer.AvgPool2d: nn.AvgPool2d,
+            layer.MaxPool2d: nn.MaxPool2d,
+            layer.Flatten: nn.Flatten,
         }
-        self.table: dict[type, Callable] = {}
-        for torch_type, what in spatial.items():
-            self.table[torch_type] = self._torch_layer
-        for sj_type in (layer.Linear, layer.Conv2d, layer.AvgPool2d, layer.MaxPool2d, layer.Flatten):
-            self.table[sj_type] = self._sj_layer
-        self.spatial_kind = {**spatial}
-        for sj_type, torch_type in (
-            (layer.Linear, nn.Linear),
-            (layer.Conv2d, nn.Conv2d),
-            (layer.AvgPool2d, nn.AvgPool2d),
-            (layer.MaxPool2d, nn.MaxPool2d),
-            (layer.Flatten, nn.Flatten),
-        ):
-            self.spatial_kind[sj_type] = spatial[torch_type]
+        kinds = {nn.Linear: "linear", nn.Conv2d: "spatial", nn.AvgPool2d: "spatial", nn.MaxPool2d: "spatial", nn.Flatten: "flatten"}
+        self.spatial_kind = {**kinds, **{sj: kinds[torch_type] for sj, torch_type in sj_layers.items()}}
+        # One conversion table: exact module type -> handler(module, path, context, out).
+        self.table: dict[type, Callable] = {torch_type: self._torch_layer for torch_type in kinds}
+        self.table.update({sj: self._sj_layer for sj in sj_layers})
         for skip in (nn.Identity, nn.Dropout, layer.Dropout):
             self.table[skip] = self._skip
         self.table[nn.Sequential] = self._sequential

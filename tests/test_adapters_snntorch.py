@@ -187,7 +187,7 @@ def test_spikes_equal_snntorch_bit_for_bit(cfg):
         ours = net.simulate(x)
         our_rates = net(x)
     assert len(ours) == len(trains)
-    for k, (a, b) in enumerate(zip(trains, ours)):
+    for k, (a, b) in enumerate(zip(trains, ours, strict=True)):
         assert torch.equal(a, b), f"layer {k}: {int((a != b).sum())} spikes differ"
     assert torch.equal(rates, our_rates)
 
@@ -240,7 +240,7 @@ def test_membrane_exactly_on_threshold_does_not_fire(reset, reset_delay):
     assert on_threshold > 0, "the test inputs never put a membrane on the threshold"
     rates, trains = snntorch_run(model, x)
     ours = sr.from_snntorch(model).simulate(x)
-    assert all(torch.equal(a, b) for a, b in zip(trains, ours))
+    assert all(torch.equal(a, b) for a, b in zip(trains, ours, strict=True))
 
 
 # -- soundness against snnTorch's own forward --------------------------------------------
@@ -466,7 +466,7 @@ def test_tutorial_csnn_converts_bounds_and_trains():
     x = sr.bernoulli_encode(images, 6, gen)
     model.eval()
     rates, trains = snntorch_run(model, x)
-    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
+    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
 
     lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
     check_sound(rates_of(model), net, lower, upper, labels, samples=8, gen=gen)

@@ -55,7 +55,7 @@ def sj_run(model: nn.Module, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, 
         for h in hooks:
             h.remove()
     # a multi-step node is called once with [T, ...]; a single-step one T times
-    trains = [c[0] if n.step_mode == "m" else torch.stack(c) for n, c in zip(nodes, calls)]
+    trains = [c[0] if n.step_mode == "m" else torch.stack(c) for n, c in zip(nodes, calls, strict=True)]
     return out.mean(0).flatten(1), trains
 
 
@@ -171,7 +171,7 @@ def test_spikes_equal_spikingjelly_bit_for_bit(cfg):
         ours = net.simulate(x)
         our_rates = net(x)
     assert len(ours) == len(trains)
-    for k, (a, b) in enumerate(zip(trains, ours)):
+    for k, (a, b) in enumerate(zip(trains, ours, strict=True)):
         assert torch.equal(a, b), f"layer {k}: {int((a != b).sum())} spikes differ"
     assert torch.equal(rates, our_rates)
 
@@ -224,7 +224,7 @@ def test_membrane_exactly_on_threshold_fires(mode, v_reset):
     assert hits > 0, "the test inputs never put a membrane on the threshold"
     rates, trains = sj_run(model, x, mode)
     ours = net.simulate(x)
-    assert all(torch.equal(a, b) for a, b in zip(trains, ours))
+    assert all(torch.equal(a, b) for a, b in zip(trains, ours, strict=True))
 
 
 # -- soundness against SpikingJelly's own forward ------------------------------------------
@@ -312,7 +312,7 @@ def test_live_tau_and_threshold_are_followed():
     for lif in (model[2], model[5]):
         lif.tau, lif.v_threshold = 3.0, 0.7
     rates, trains = sj_run(model, x, "m")
-    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
+    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
     assert torch.isclose(net.layers[2].alpha, torch.tensor(1 - 1 / 3.0))
 
 
@@ -337,7 +337,7 @@ def test_step_mode_containers_convert_exactly(v_reset):
     x = torch.rand(5, 4, 2, 8, 8, generator=gen).bernoulli(generator=gen)
     net = sr.from_spikingjelly(model)
     rates, trains = sj_run(model, x, "m")
-    assert len(trains) == 2 and all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
+    assert len(trains) == 2 and all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
     assert torch.equal(rates, net(x))
 
 
@@ -353,7 +353,7 @@ def test_cupy_backed_model_converts_and_matches_in_eval():
     model.eval()
     net = sr.from_spikingjelly(model)
     rates, trains = sj_run(model, x, "m")
-    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
+    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
 
 
 # -- refusals -------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ def test_csnn_converts_bounds_and_trains():
     x = sr.bernoulli_encode(images, 6, gen)
     model.eval()
     rates, trains = sj_run(model, x, "m")
-    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x)))
+    assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
 
     lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
     check_sound(rates_of(model, "m"), net, lower, upper, labels, samples=8, gen=gen)
