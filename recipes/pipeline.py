@@ -477,7 +477,7 @@ class RecipeRun:
                 out["methods"][method] = {}
                 for steps in p.certify_steps:
                     r = certified_error(net, self.test_set(), self.perturbation, steps, method,
-                                        seeds=p.certify_seeds,
+                                        seeds=p.certify_seeds, max_samples=p.certify_samples,
                                         batch_size=p.eval_batch, progress=c.progress)
                     out["methods"][method][str(steps)] = r.to_dict()
             return out

@@ -134,7 +134,8 @@ def _table_md(results: dict[str, Any]) -> list[str]:
         f"## Certified (verified) error at eps {recipe['train_eps']} (`{cfg['perturbation']}`)",
         "",
         "Share of test samples NOT verified for the sampled input bounds (Section 3.2: a certificate for "
-        "the sampled Bernoulli maps / l_0 picks). `best` = elementwise max of IBP, CROWN-IBP and adaptive CROWN-IBP.",
+        "the sampled Bernoulli maps / l_0 picks). `best` = elementwise max of every bound method (IBP, CROWN-IBP, "
+        "adaptive and optimised CROWN-IBP; see `snn_robust.METHODS`).",
         "",
     ]
     cert_n, cert_r = models["natural"]["certified"]["methods"], models["robust"]["certified"]["methods"]
