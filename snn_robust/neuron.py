@@ -27,9 +27,10 @@ from torch import Tensor, nn
 __all__ = ["LIF", "Rectangular", "ParamLike", "spike"]
 
 ParamLike = Union[float, Tensor, nn.Module]
-"""A neuron parameter: a number, a tensor broadcastable to the neuron shape (an
-``nn.Parameter`` stays shared with whoever else holds it), or a module called with no
-arguments that returns such a tensor (e.g. ``1 - sigmoid(w)`` for a parametric decay)."""
+"""A neuron parameter: a number, a tensor broadcastable to the neuron shape, or a module
+called with no arguments that returns such a tensor (e.g. ``1 - sigmoid(w)`` for a
+parametric decay). An ``nn.Parameter`` or a module stays shared with whoever else holds
+it; a plain tensor is copied into a buffer (so it follows ``.to()`` and ``state_dict``)."""
 
 RESETS = ("zero", "subtract")
 FIRINGS = (">", ">=")

@@ -106,6 +106,9 @@ def _stage_backward(
     else:
         drop = -(_per_neuron(lif.kappa, ml) * _per_neuron(lif.threshold, ml))
 
+    # a constant scale of 1 (snnTorch, the paper) needs no product; one host sync per stage
+    unit_scale = scale.numel() == 1 and not scale.requires_grad and float(scale) == 1.0
+
     def at(x: Tensor | None, t: int) -> Tensor | None:
         return None if x is None else x[t]
 
@@ -119,7 +122,7 @@ def _stage_backward(
         bias = bias + _bias(lam_s, pos, f_b[t], at(f_db, t))
         if carry_m is not None:
             lam_m = lam_m + carry_m
-        lam_sp[t] = lam_m if scale.numel() == 1 and float(scale) == 1.0 else lam_m * scale
+        lam_sp[t] = lam_m if unit_scale else lam_m * scale
         if t == 0:
             break
         if lif.reset == "zero":  # carry = alpha z_{t-1}, z relaxed by planes in (m, s)
