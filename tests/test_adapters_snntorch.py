@@ -28,16 +28,6 @@ def _forget_snntorch_instances():
     snn.SpikingNeuron.instances.clear()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are tiny tensors: one intra-op thread is faster, and far faster on a busy
-    2-core machine, where a second spinning thread waits for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- running snnTorch itself --------------------------------------------------------------
 def snntorch_run(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """snnTorch's own step loop on ``x`` ``[T, B, ...]``: output rates ``[B, C]`` and the

@@ -26,16 +26,6 @@ LEGACY = not hasattr(neuron.BaseNode, "single_step_functional_forward")  # 0.0.0
 NODE_TYPES = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are tiny tensors: one intra-op thread is faster, and far faster on a busy
-    2-core machine, where a second spinning thread waits for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- running SpikingJelly itself ------------------------------------------------------------
 def sj_run(model: nn.Module, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """SpikingJelly's own forward on ``x`` ``[T, B, ...]`` (one call in 'm' mode, a step
