@@ -245,7 +245,9 @@ def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], h
     The bracket starts at ``[0, hi]``; ``hi`` doubles (up to ``max_hi``) while its error is
     below the largest target. For each target, the bracket is narrowed from the evaluated
     points on either side of it, then bisected ``iters`` times; the chosen eps is the
-    evaluated one whose error is nearest the target (ties: the smaller eps).
+    evaluated one (over all targets' evaluations) whose error is nearest the target (ties:
+    the smaller eps). A target below the error at eps -> 0 (the clean error) cannot be
+    reached; it gets the smallest-error eps found.
     Returns ``{"targets", "eps", "errors", "evaluated": [[eps, error], ...]}``.
     """
     cache: dict[float, float] = {}
@@ -259,7 +261,6 @@ def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], h
 
     while f(hi) < max(targets) and hi < max_hi:
         hi = min(2 * hi, max_hi)
-    chosen, errs = [], []
     for target in targets:
         below = [e for e, v in cache.items() if v < target]
         lo = max(below, default=0.0)
@@ -271,10 +272,9 @@ def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], h
                 lo = mid
             else:
                 top = mid
-        best = min(cache, key=lambda e: (abs(cache[e] - target), e))
-        chosen.append(best)
-        errs.append(cache[best])
-    return {"targets": list(targets), "eps": chosen, "errors": errs,
+    # choose from every evaluation, so a later target's bisection can serve an earlier one
+    chosen = [min(cache, key=lambda e: (abs(cache[e] - t), e)) for t in targets]
+    return {"targets": list(targets), "eps": chosen, "errors": [cache[e] for e in chosen],
             "evaluated": sorted([e, v] for e, v in cache.items())}
 
 
