@@ -370,6 +370,8 @@ class RecipeRun:
             info = json.loads(marker.read_text())
             if name not in self.stages:  # a stage that ran in this invocation stays "ran"
                 self.stages[name] = {"status": "cached", "wall_s": info.get("wall_s"), "file": str(result_file)}
+                if "training_s" in info:
+                    self.stages[name]["training_s"] = info["training_s"]
             log.info("stage %s: done earlier (%s), skipped", name, result_file)
             return info.get("result") if not model else None
         log.info("stage %s: running", name)
@@ -377,10 +379,14 @@ class RecipeRun:
         result = compute()
         wall = time.perf_counter() - t0
         if model:
-            _write_json(marker, {"stage": name, "wall_s": wall})
+            rows = _read_jsonl(result_file.parent / "metrics.jsonl")
+            # fit's own clock spans every resumption; wall_s only this invocation's part
+            _write_json(marker, {"stage": name, "wall_s": wall, "training_s": rows[-1]["time"] if rows else None})
         else:
             _write_json(result_file, {"stage": name, "wall_s": wall, "result": result})
         self.stages[name] = {"status": "ran", "wall_s": wall, "file": str(result_file)}
+        if model:
+            self.stages[name]["training_s"] = json.loads(marker.read_text()).get("training_s")
         return result
 
     def _fit(self, folder: Path, net: SpikingNetwork, config: TrainConfig, perturbation: Perturbation) -> None:

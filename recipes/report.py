@@ -67,10 +67,12 @@ def _header(results: dict[str, Any]) -> list[str]:
         "",
     ]
     lines += [f"- {r}" for r in cfg["profile"]["reductions"]]
-    lines += ["", "| stage | wall time (s) | this invocation |", "| --- | ---: | --- |"]
+    lines += ["", "| stage | wall time (s) | training time over all resumptions (s) | this invocation |",
+              "| --- | ---: | ---: | --- |"]
     for name, s in results["stages"].items():
-        lines.append(f"| {name} | {s['wall_s']:.1f} | {s['status']} |" if s["wall_s"] is not None
-                     else f"| {name} | – | {s['status']} |")
+        wall = "–" if s["wall_s"] is None else f"{s['wall_s']:.1f}"
+        train = "" if s.get("training_s") is None else f"{s['training_s']:.1f}"
+        lines.append(f"| {name} | {wall} | {train} | {s['status']} |")
     return lines + [""]
 
 
