@@ -36,12 +36,14 @@ def sample_inside(lower: torch.Tensor, upper: torch.Tensor, n: int, gen: torch.G
             yield lower + w * (upper - lower)
 
 
-def assert_sound(forward, net: sr.SpikingNetwork, lower, upper, labels, samples: int, gen, binary=True, tol=1e-5):
+def assert_sound(forward, net: sr.SpikingNetwork, lower, upper, labels, samples: int, gen, binary=True, tol=1e-5,
+                 methods=sr.METHODS):
     """Every method's margin and rate bounds hold for ``forward`` (a model's own forward
-    pass returning rates ``[B, C]``) on inputs sampled inside the box."""
+    pass returning rates ``[B, C]``: our simulation, or snnTorch's / SpikingJelly's) on
+    inputs sampled inside the box (both corners included). Returns the margin bounds."""
     with torch.no_grad():
-        margins = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in sr.METHODS}
-        rates = {m: sr.compute_bounds(net, lower, upper, method=m) for m in sr.METHODS}
+        margins = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods}
+        rates = {m: sr.compute_bounds(net, lower, upper, method=m) for m in methods}
         C = rates["ibp"][0].shape[1]
         spec = margin_spec(labels, C)
         for x in sample_inside(lower, upper, samples, gen, binary):

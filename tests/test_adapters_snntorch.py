@@ -8,7 +8,8 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from adapter_helpers import check_sound, input_box
+from adapter_helpers import input_box, random_input
+from helpers import assert_sound
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -158,12 +159,7 @@ def configs(draw):
 def make(cfg: dict):
     gen = torch.Generator().manual_seed(cfg["seed"])
     model = BUILDERS[cfg["arch"]](cfg, gen)
-    shape = (cfg["steps"], 5, *INPUT_SHAPES[cfg["arch"]])
-    if cfg.get("analog"):
-        x = torch.randint(0, 5, shape, generator=gen) * 0.5 if cfg["exact"] else torch.rand(shape, generator=gen) * 2
-    else:
-        x = torch.rand(shape, generator=gen).bernoulli(generator=gen)
-    return model, x, gen
+    return model, random_input(cfg, INPUT_SHAPES, gen), gen
 
 
 # -- equivalence ----------------------------------------------------------------------------
@@ -246,7 +242,7 @@ def test_bounds_hold_for_snntorch_forward(arch, reset, exact):
     net = sr.from_snntorch(model)
     lower, upper = input_box(x, unstable=2, gen=gen)
     labels = torch.randint(0, net.num_classes, (x.shape[1],), generator=gen)
-    margins = check_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
+    margins = assert_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
     tightest = torch.stack(list(margins.values())).amax(0)
     assert (tightest > -1 + 1e-6).any(), "bounds are all trivial: the test would not catch an unsound one"
 
@@ -260,7 +256,7 @@ def test_zero_reset_without_delay_is_sound():
     net = sr.from_snntorch(model)
     lower, upper = input_box(x, unstable=2, gen=gen)
     labels = torch.randint(0, 4, (x.shape[1],), generator=gen)
-    check_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
+    assert_sound(rates_of(model), net, lower, upper, labels, samples=40, gen=gen)
 
 
 # -- shared parameters ----------------------------------------------------------------------
@@ -459,7 +455,7 @@ def test_tutorial_csnn_converts_bounds_and_trains():
     assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
 
     lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
-    check_sound(rates_of(model), net, lower, upper, labels, samples=8, gen=gen)
+    assert_sound(rates_of(model), net, lower, upper, labels, samples=8, gen=gen)
 
     # a user's loop: clean loss through snnTorch, certified loss through the twin
     model.train()

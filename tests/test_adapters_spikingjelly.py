@@ -11,7 +11,8 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from adapter_helpers import check_sound, input_box
+from adapter_helpers import input_box, random_input
+from helpers import assert_sound
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -142,12 +143,7 @@ def make(cfg: dict):
     for m in model.modules():  # the nodes may be in training mode, dropout is compared at eval
         if isinstance(m, (nn.Dropout, layer.Dropout)):
             m.eval()
-    shape = (cfg["steps"], 5, *INPUT_SHAPES[cfg["arch"]])
-    if cfg.get("analog"):
-        x = torch.randint(0, 5, shape, generator=gen) * 0.5 if cfg["exact"] else torch.rand(shape, generator=gen) * 2
-    else:
-        x = torch.rand(shape, generator=gen).bernoulli(generator=gen)
-    return model, x, gen
+    return model, random_input(cfg, INPUT_SHAPES, gen), gen
 
 
 # -- equivalence ----------------------------------------------------------------------------
@@ -231,7 +227,7 @@ def test_bounds_hold_for_spikingjelly_forward(arch, kind, v_reset):
     net = sr.from_spikingjelly(model)
     lower, upper = input_box(x, unstable=2, gen=gen)
     labels = torch.randint(0, net.num_classes, (x.shape[1],), generator=gen)
-    margins = check_sound(rates_of(model, "m"), net, lower, upper, labels, samples=30, gen=gen)
+    margins = assert_sound(rates_of(model, "m"), net, lower, upper, labels, samples=30, gen=gen)
     tightest = torch.stack(list(margins.values())).amax(0)
     assert (tightest > -1 + 1e-6).any(), "bounds are all trivial: the test would not catch an unsound one"
 
@@ -243,7 +239,7 @@ def test_direct_input_bounds_hold_for_single_step_model():
     images = torch.rand(5, 3, 4, generator=gen)
     lower, upper = sr.DirectLinf(0.03).bounds(images, 4)
     labels = torch.randint(0, 4, (5,), generator=gen)
-    check_sound(rates_of(model, "s"), net, lower.contiguous(), upper.contiguous(), labels, samples=30, gen=gen, binary=False)
+    assert_sound(rates_of(model, "s"), net, lower.contiguous(), upper.contiguous(), labels, samples=30, gen=gen, binary=False)
 
 
 # -- shared parameters ----------------------------------------------------------------------
@@ -444,7 +440,7 @@ def test_csnn_converts_bounds_and_trains():
     assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
 
     lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
-    check_sound(rates_of(model, "m"), net, lower, upper, labels, samples=8, gen=gen)
+    assert_sound(rates_of(model, "m"), net, lower, upper, labels, samples=8, gen=gen)
 
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
