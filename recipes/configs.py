@@ -229,8 +229,8 @@ class Profile:
 #: What the quick profile reduces, relative to the paper (also written to results.md).
 QUICK_REDUCTIONS: tuple[str, ...] = (
     "natural training: the paper's SGD (lr 0.01, momentum 0.9, batch 128) for 2 epochs on a "
-    "30000-image stratified subset instead of 80 epochs on all 60000 (no lr decay; CONV: 5000 "
-    "images; N-MNIST: the 1000 training recordings of the shared real subset, 20 epochs)",
+    "30000-image stratified subset instead of 80 epochs on all 60000 (no lr decay; CONV: lr 0.001, "
+    "3 epochs on 5000 images, since lr 0.01 silenced the CONV network within 15 steps; N-MNIST: the 1000 training recordings of the shared real subset, 20 epochs)",
     "robust training: TrainConfig.quick_robust, i.e. the IBP bound as the training bound, Adam lr 1e-3, "
     "eps ramped over 0.5 epoch and held 2.5, 3 epochs on the same subset (CONV: 2 epochs, hold 1.5; N-MNIST: 20 epochs, ramp 4, hold 16), instead of CROWN-IBP with "
     "SGD lr 5e-4 over 250 + 50 epochs; same loss weights (0.4 / 0.6), clip 0.25 and T' = 3",
@@ -256,8 +256,11 @@ PROFILES: dict[str, Profile] = {
         robust_base="quick_robust",
         seeds=(0, 1, 2), attack_seeds=(0,), certify_seeds=(0,), certify_samples=100, attack_iters=10, eot_samples=2,
         search_samples=100, search_iters=4, log_points=60,
+        # CONV: SGD lr 0.01 silenced the network within 15 steps (gradient norm 0 after, measured
+        # on MNIST with the CE-on-5x-rates clean loss); lr 0.001 learns.
         conv={"n_train": 5000, "n_test": 100, "attack_iters": 5, "eot_samples": 1, "search_samples": 50, "certify_samples": 25,
-              "search_iters": 3, "robust": {"epochs": 2, "ramp_epochs": 0.5, "hold_epochs": 1.5}},
+              "search_iters": 3, "natural": {"epochs": 3, "lr": 0.001},
+              "robust": {"epochs": 2, "ramp_epochs": 0.5, "hold_epochs": 1.5}},
         nmnist={"natural": {"epochs": 20}, "robust": {"epochs": 20, "ramp_epochs": 4.0, "hold_epochs": 16.0}},
         reductions=QUICK_REDUCTIONS,
     ),

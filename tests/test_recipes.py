@@ -258,7 +258,7 @@ def test_recipes_hold_the_paper_settings():
 def test_profile_overrides_apply_per_recipe():
     quick = PROFILES["quick"]
     conv = quick.for_recipe(RECIPES["mnist-conv"])
-    assert conv.n_test == 100 and conv.n_train == 5000 and conv.natural["epochs"] == 2 and "optimizer" not in conv.natural
+    assert conv.n_test == 100 and conv.n_train == 5000 and conv.natural["epochs"] == 3 and conv.natural["lr"] == 0.001
     nm = quick.for_recipe(RECIPES["nmnist-fc"])
     assert nm.natural["epochs"] == 20 and nm.natural["lr_milestones"] == () and nm.n_test == 300
     assert quick.for_recipe(RECIPES["mnist-fc"]) == quick.for_recipe(RECIPES["fmnist-fc"])
