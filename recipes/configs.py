@@ -11,7 +11,8 @@ Profiles:
   full training set (SGD lr 0.01 -> 0.001 at epoch 55, momentum 0.9, batch 128), 300 robust
   epochs (SGD lr 5e-4, clip 0.25, CROWN-IBP at T' = 3, eps ramped over 250 epochs, held 50),
   300 test samples, 3 seeds, 20 attack iterations. For a GPU.
-* ``quick``: a CPU budget of about 10 minutes per recipe on 2 cores. What is reduced is listed
+* ``quick``: a CPU budget (4-11 minutes per recipe measured on a shared 2-core CPU, up to 28
+  under heavy load; docs/reproduction.md). What is reduced is listed
   in :data:`QUICK_REDUCTIONS` (and written to results.json / results.md).
 * ``smoke``: the whole pipeline on tiny subsets in seconds; for tests and CI only, its numbers
   mean nothing.
