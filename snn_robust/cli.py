@@ -48,19 +48,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def resolve_device(name: str) -> Any:
-    """Map ``--device`` (``auto``, ``cpu``, ``cuda``) to a ``torch.device``.
+    """Map ``--device`` (``auto``, ``cpu``, ``cuda``) to a ``torch.device`` with
+    :func:`snn_robust.training.resolve_device`; a device that cannot be used is a
+    :class:`UsageError`."""
+    from .training import resolve_device as resolve
 
-    ``auto`` picks CUDA when available. Asking for ``cuda`` without a GPU is a :class:`UsageError`.
-    """
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA device is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    try:
+        return resolve(name)
+    except ValueError:
+        if name.split(":")[0] == "cuda":
+            raise UsageError(
+                f"--device {name} was requested but no CUDA device is available (use --device cpu or auto)"
+            ) from None
+        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}") from None
 
 
 def seed_everything(seed: int) -> None:
