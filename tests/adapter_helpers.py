@@ -3,6 +3,7 @@ itself is ``helpers.assert_sound``, run with the framework's own forward pass)."
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 def input_box(x: torch.Tensor, unstable: int, gen: torch.Generator):
     """Binary bounds around the spike input ``x`` ``[T, B, ...]``: ``unstable`` random
@@ -21,3 +22,17 @@ def random_input(cfg: dict, input_shapes: dict, gen: torch.Generator) -> torch.T
     if cfg.get("analog"):
         return torch.randint(0, 5, shape, generator=gen) * 0.5 if cfg["exact"] else torch.rand(shape, generator=gen) * 2
     return torch.rand(shape, generator=gen).bernoulli(generator=gen)
+
+
+def init_weights(model: nn.Module, exact: bool, gen: torch.Generator, gain: float = 1.0, bias_scale: float = 0.2) -> None:
+    """Dyadic weights (exact sums, membranes land exactly on the threshold) or random ones."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                if exact:
+                    mod.weight.copy_(torch.randint(-2, 3, mod.weight.shape, generator=gen) * 0.5)
+                    mod.bias.copy_(torch.randint(-1, 2, mod.bias.shape, generator=gen) * 0.5)
+                else:
+                    fan_in = mod.weight[0].numel()
+                    mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * gain * 2.0 / fan_in**0.5)
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * bias_scale)

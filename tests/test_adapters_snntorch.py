@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from adapter_helpers import input_box, random_input
+from adapter_helpers import init_weights, input_box, random_input
 from helpers import assert_sound
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,20 +86,6 @@ def leaky(cfg: dict, shape, gen: torch.Generator, output: bool = False) -> nn.Mo
         learn_threshold=cfg["learn_threshold"],
         spike_grad=surrogate.fast_sigmoid(slope=25),
     )
-
-
-def init_weights(model: nn.Module, exact: bool, gen: torch.Generator, gain: float = 1.0) -> None:
-    """Dyadic weights (exact sums, membranes land exactly on the threshold) or random ones."""
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                if exact:
-                    mod.weight.copy_(torch.randint(-2, 3, mod.weight.shape, generator=gen) * 0.5)
-                    mod.bias.copy_(torch.randint(-1, 2, mod.bias.shape, generator=gen) * 0.5)
-                else:
-                    fan_in = mod.weight[0].numel()
-                    mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * gain * 2.0 / fan_in**0.5)
-                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.2)
 
 
 def fc_model(cfg: dict, gen: torch.Generator) -> nn.Module:

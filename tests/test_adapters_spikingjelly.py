@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from adapter_helpers import input_box, random_input
+from adapter_helpers import init_weights, input_box, random_input
 from helpers import assert_sound
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,19 +62,6 @@ def node(cfg: dict, mode: str) -> nn.Module:
     if cfg["kind"] == "LIF":
         return neuron.LIFNode(tau=cfg["tau"], decay_input=cfg["decay_input"], **common)
     return neuron.ParametricLIFNode(init_tau=cfg["tau"], decay_input=cfg["decay_input"], **common)
-
-
-def init_weights(model: nn.Module, exact: bool, gen: torch.Generator, gain: float) -> None:
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                if exact:
-                    mod.weight.copy_(torch.randint(-2, 3, mod.weight.shape, generator=gen) * 0.5)
-                    mod.bias.copy_(torch.randint(-1, 2, mod.bias.shape, generator=gen) * 0.5)
-                else:
-                    fan_in = mod.weight[0].numel()
-                    mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * gain * 2.0 / fan_in**0.5)
-                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.3)
 
 
 def fc_model(cfg: dict) -> nn.Module:
@@ -138,7 +125,7 @@ def configs(draw):
 def make(cfg: dict):
     gen = torch.Generator().manual_seed(cfg["seed"])
     model = (fc_model if cfg["arch"] == "fc" else conv_model)(cfg)
-    init_weights(model, cfg["exact"], gen, gain=2.0 if cfg["kind"] == "IF" else 3.0)
+    init_weights(model, cfg["exact"], gen, gain=2.0 if cfg["kind"] == "IF" else 3.0, bias_scale=0.3)
     model.train(cfg.get("train", False))
     for m in model.modules():  # the nodes may be in training mode, dropout is compared at eval
         if isinstance(m, (nn.Dropout, layer.Dropout)):
@@ -319,7 +306,7 @@ def test_step_mode_containers_convert_exactly(v_reset):
         node(cfg, "m"),
     )
     gen = torch.Generator().manual_seed(3)
-    init_weights(model, False, gen, gain=3.0)
+    init_weights(model, False, gen, gain=3.0, bias_scale=0.3)
     x = torch.rand(5, 4, 2, 8, 8, generator=gen).bernoulli(generator=gen)
     net = sr.from_spikingjelly(model)
     rates, trains = sj_run(model, x, "m")
