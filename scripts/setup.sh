@@ -23,6 +23,19 @@ want_stamp() {
     cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1
 }
 
+# The editable install maps snn_robust.adapters / .recipes to absolute folders: a .venv copied
+# from another clone would run that clone's code, so it counts as out of date.
+from_checkout() {
+    "$VENV/bin/python" - "$(pwd -P)" <<'EOF' 2>/dev/null || echo no
+import sys
+from pathlib import Path
+import snn_robust.adapters, snn_robust.recipes
+root = Path(sys.argv[1])
+mods = (snn_robust.adapters, snn_robust.recipes)
+print("yes" if all(root in Path(m.__file__).resolve().parents for m in mods) else "no")
+EOF
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
     if ! command -v "$PYTHON" >/dev/null 2>&1; then
         echo "setup: error: $PYTHON not found; install Python >= 3.10 or set PYTHON=/path/to/python3" >&2
@@ -38,7 +51,8 @@ fi
 
 if [ -z "${SNN_ROBUST_FORCE_SETUP:-}" ] && [ -f "$STAMP" ] \
     && [ "$(cat "$STAMP")" = "$(want_stamp)" ] \
-    && "$VENV/bin/python" -c 'import snn_robust, snn_robust.adapters, snn_robust.recipes' >/dev/null 2>&1; then
+    && "$VENV/bin/python" -c 'import snn_robust, snn_robust.adapters, snn_robust.recipes' >/dev/null 2>&1 \
+    && [ "$(from_checkout)" = yes ]; then
     echo "setup: $VENV is up to date"
     exit 0
 fi
@@ -50,5 +64,9 @@ echo "setup: installing $TORCH_PINS"
 echo "setup: installing snn-robust (editable) with extras [$EXTRAS]"
 "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
 "$VENV/bin/python" -c 'import snn_robust, snn_robust.adapters, snn_robust.recipes'
+if [ "$(from_checkout)" != yes ]; then
+    echo "setup: error: $VENV imports snn_robust from outside $(pwd -P)" >&2
+    exit 1
+fi
 want_stamp > "$STAMP"
 echo "setup: done"
