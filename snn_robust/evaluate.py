@@ -85,7 +85,7 @@ class ErrorResult:
 class AttackResult:
     """Attack error per budget: ``errors[i]`` is the result at ``eps[i]``; ``clean`` the
     clean error measured on the same evaluation encodings; ``attack`` the attack's name and
-    parameters."""
+    parameters except its eps (the budgets are ``eps``)."""
 
     attack: dict[str, Any]
     clean: ErrorResult
@@ -330,7 +330,10 @@ def attack_error(
         {"coding": coding, "time_steps": time_steps if coding != "spike" else None,
          "eval_samples": eval_samples if random_eval else 1},
     )
-    return AttackResult(attack.config(), clean, eps, results)
+    # The attack passed in is a template: every budget in ``eps`` replaced its own eps, so the
+    # record keeps its other parameters only (an 'eps' here would name a budget not run alone).
+    config = {k: v for k, v in attack.config().items() if k != "eps"}
+    return AttackResult(config, clean, eps, results)
 
 
 # -- certified error --------------------------------------------------------------------

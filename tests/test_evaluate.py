@@ -162,6 +162,7 @@ def test_results_serialise_to_json(net, images, spikes):
     assert isinstance(result, AttackResult) and isinstance(result.clean, ErrorResult)
     back = json.loads(json.dumps(result.to_dict()))
     assert back["attack"]["name"] == "GreedyFlip" and back["eps"] == [0.02, 0.05]
+    assert "eps" not in back["attack"]  # the template's 0.05 is not a budget of its own
     assert back["clean"]["seeds"] == []  # spike inputs: the clean evaluation is deterministic
     assert back["errors"][1]["seeds"] == [0, 1]
     clean = clean_error(net, images, seeds=(0,), progress=False)
