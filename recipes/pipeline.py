@@ -44,12 +44,14 @@ from snn_robust.loss import bound_logits
 from snn_robust.models import paper_model
 from snn_robust.network import SpikingNetwork
 from snn_robust.perturbations import Perturbation
-from snn_robust.training import TrainConfig, atomic_save, fit
+from snn_robust.fileio import DamagedFileError, atomic_write_text, read_checked
+from snn_robust.training import NonFiniteError, TrainConfig, atomic_save, fit, non_finite_parameters
 
 from .configs import Profile, Recipe
 
 __all__ = [
     "MODEL_FORMAT",
+    "ModelFileError",
     "RecipeConfigError",
     "attack_names",
     "environment",
@@ -116,11 +118,20 @@ def hardware(device: torch.device | str = "cpu") -> dict[str, Any]:
 # Model files
 
 
+class ModelFileError(ValueError):
+    """A model file cannot be used: damaged, not plain data, not an snn-robust model, or
+    holding non-finite weights. The message names the file."""
+
+
 def save_model(path: str | os.PathLike[str], net: SpikingNetwork, *, arch: str, dataset: str,
                **meta: Any) -> Path:
     """Write a model file that :func:`load_model` (and the CLI) can rebuild: the paper
     architecture and dataset, the weights, and any JSON-able ``meta`` (training config,
-    perturbation, environment)."""
+    perturbation, environment), as plain data with a SHA-256 (:func:`atomic_save`).
+    Refuses (``NonFiniteError``) a network with NaN or infinite weights."""
+    bad = non_finite_parameters(net)
+    if bad:
+        raise NonFiniteError(f"refusing to save {path}: non-finite weights in {', '.join(bad)}")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return atomic_save({"format": MODEL_FORMAT, "arch": arch, "dataset": dataset, "state_dict": state,
                         "meta": meta, "environment": environment()}, path)
@@ -128,19 +139,39 @@ def save_model(path: str | os.PathLike[str], net: SpikingNetwork, *, arch: str, 
 
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[SpikingNetwork, dict[str, Any]]:
     """Rebuild a network saved by :func:`save_model`; returns ``(net, info)`` where ``info``
-    holds ``arch``, ``dataset`` and ``meta``. Raises ``ValueError`` for other files."""
+    holds ``arch``, ``dataset`` and ``meta``.
+
+    The file is read with ``torch.load(weights_only=True)`` (nothing in it can run code) and
+    its SHA-256 is verified; model files from before checksums are read with a warning.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ModelFileError: damaged, hostile or foreign file, or non-finite weights.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"model file {p} does not exist")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{p} is not a readable model file ({type(exc).__name__})") from exc
+        ck, verified = read_checked(p)
+    except DamagedFileError as exc:
+        raise ModelFileError(f"not a readable model file: {exc}") from None
     if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{p} is not an snn-robust model file (expected format {MODEL_FORMAT!r}; "
-                         "make one with 'snn-robust train' or 'snn-robust robust-train')")
-    net = paper_model(ck["arch"], ck["dataset"])
-    net.load_state_dict(ck["state_dict"])
+        raise ModelFileError(f"{p} is not an snn-robust model file (expected format {MODEL_FORMAT!r}; "
+                             "make one with 'snn-robust train' or 'snn-robust robust-train')")
+    if not verified:
+        log.warning("%s carries no checksum (written by an older version); its integrity is not verified", p)
+    state = ck.get("state_dict")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelFileError(f"{p} is damaged: its weights are missing or not tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(f"{p} holds non-finite weights in {', '.join(bad)}; it was refused")
+    try:
+        net = paper_model(ck["arch"], ck["dataset"])
+        net.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"{p} does not match its architecture record ({reason})") from None
     net.to(device).eval()
     return net, {"arch": ck["arch"], "dataset": ck["dataset"], "meta": ck.get("meta", {})}
 
@@ -283,10 +314,7 @@ def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], h
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 @dataclass
@@ -412,7 +440,14 @@ class RecipeRun:
                        perturbation=repr(pert), recipe=c.recipe.name, profile=c.profile.name)
 
         self._stage("natural", path, train, model=True)
-        return load_model(path, c.device)[0]
+        return self._stage_model("natural", path)
+
+    def _stage_model(self, name: str, path: Path) -> SpikingNetwork:
+        try:
+            return load_model(path, self.c.device)[0]
+        except ModelFileError as exc:
+            raise ModelFileError(f"stage {name}: {exc}; delete {path} and {path.parent / 'stage.json'} to redo "
+                                 "that stage (training resumes from its checkpoint)") from None
 
     def robust_model(self, tag: str = "robust", bound_steps: int | None = None) -> SpikingNetwork:
         c = self.c
@@ -428,7 +463,7 @@ class RecipeRun:
                        initialised_from=str(c.out / "natural" / "model.pt"))
 
         self._stage(tag, path, train, model=True)
-        return load_model(path, c.device)[0]
+        return self._stage_model(tag, path)
 
     # -- evaluation stages --------------------------------------------------------------------
     def clean(self, tag: str, net: SpikingNetwork) -> dict[str, Any]:

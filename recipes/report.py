@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from snn_robust.fileio import atomic_write_text
+
 __all__ = ["PLOTS", "write_report"]
 
 #: Plot files per recipe kind.
@@ -251,9 +253,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> dict[s
     out = Path(out)
     kind = results["config"]["recipe"]["kind"]
     files = {"results.json": out / "results.json", "results.md": out / "results.md"}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, files["results.json"])
+    atomic_write_text(files["results.json"], json.dumps(results, indent=2))
     if kind == "table":
         _plot_training(out, out / "training_curves.png")
         _plot_attacks(results, out / "attack_vs_eps.png")

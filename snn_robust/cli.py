@@ -13,7 +13,10 @@ Usage::
 Adding a command: write ``_add_<name>(subparsers)`` that creates its parser and sets
 ``handler=<function(args) -> int>`` with ``set_defaults``, then list it in :data:`COMMANDS`.
 A handler raises :class:`UsageError` (or a :class:`snn_robust.data.DatasetError`) for a user
-mistake; :func:`main` prints it as one ``snn-robust: error: ...`` line and returns 2.
+mistake; :func:`main` prints it, and the library's refusals of damaged or hostile files,
+unusable checkpoints and non-finite training (see :func:`_refusals`), as one
+``snn-robust: error: ...`` line and returns 2. Output paths are checked for writability
+before anything is computed.
 """
 
 from __future__ import annotations
@@ -154,12 +157,24 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
+    """A finite number > 0 (``inf`` and ``nan`` are refused: they would train a NaN model)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -195,13 +210,34 @@ def _load_model_arg(path: str, device: Any) -> tuple[Any, dict[str, Any]]:
         raise UsageError(f"--model: {exc}") from None
 
 
-def _out_file(text: str) -> Path:
+def _probe_folder(folder: Path, option: str, shown: Path) -> None:
+    """Create ``folder`` if needed and write and delete a file in it, so that an unwritable
+    output fails before any computing (checking permission bits is not enough: root, ACLs,
+    read-only mounts)."""
+    import os
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".snn-robust-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {shown} cannot be written ({exc.strerror or type(exc).__name__}: "
+                         f"{exc.filename or folder}); choose another path") from None
+
+
+def _writable_file(text: str, option: str, example: str) -> Path:
+    """The output file ``text`` after checking that it can be written."""
     out = Path(text)
-    if out.exists() and out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'model.pt'}")
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UsageError(f"{option} {out} is a folder; give a file name such as {out / example}")
+    _probe_folder(out.parent, option, out)
     return out
+
+
+def _out_file(text: str) -> Path:
+    return _writable_file(text, "--out", "model.pt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,8 +353,8 @@ def _add_robust_train(subparsers: Any) -> None:
     p.add_argument("--method", choices=("ibp", "crown-ibp", "crown-ibp-adaptive", "best"), default=None,
                    help="training bound (default: crown-ibp for paper, ibp for quick)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: ramp + hold)")
-    p.add_argument("--ramp-epochs", type=float, default=None, help="epochs over which eps ramps up from 0")
-    p.add_argument("--hold-epochs", type=float, default=None, help="epochs at the final eps")
+    p.add_argument("--ramp-epochs", type=_nonnegative_float, default=None, help="epochs over which eps ramps up from 0")
+    p.add_argument("--hold-epochs", type=_nonnegative_float, default=None, help="epochs at the final eps")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: per --settings)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: 128)")
     p.add_argument("--train-samples", type=_positive_int, default=None, metavar="N",
@@ -331,19 +367,20 @@ def _add_robust_train(subparsers: Any) -> None:
 # attack / certify
 
 
-def _print_json(obj: Any, path: str | None) -> None:
+def _print_json(obj: Any, out: Path | None) -> None:
     import json
 
-    if path is not None:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(obj, indent=2))
+    from .fileio import atomic_write_text
+
+    if out is not None:
+        atomic_write_text(out, json.dumps(obj, indent=2))
         print(f"wrote {out}")
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
     from .recipes.pipeline import attack_errors, attack_names, load_test_set
 
+    json_out = _writable_file(args.json, "--json", "results.json") if args.json is not None else None
     device = resolve_device(args.device)
     seed_everything(args.seed)
     net, info = _load_model_arg(args.model, device)
@@ -359,7 +396,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
           f"clean error {100 * res['clean']['error']:.1f}%")
     for e, r in zip(res["eps"], res["errors"]):
         print(f"  eps {e:<8g} attack error {100 * r['error']:.1f}% (std {100 * r['std']:.1f} over {len(r['per_seed'])} seeds)")
-    _print_json(res, args.json)
+    _print_json(res, json_out)
     return 0
 
 
@@ -367,6 +404,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from .evaluate import certified_error, clean_error
     from .recipes.pipeline import load_test_set, perturbation_for
 
+    json_out = _writable_file(args.json, "--json", "results.json") if args.json is not None else None
     device = resolve_device(args.device)
     seed_everything(args.seed)
     net, info = _load_model_arg(args.model, device)
@@ -384,7 +422,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 out["certified"].append(r.to_dict())
                 print(f"  eps {eps:<8g} {method:<10} T'={steps:<3} certified error {100 * r.error:.1f}% "
                       f"(verified {100 * (1 - r.error):.1f}%)")
-    _print_json(out, args.json)
+    _print_json(out, json_out)
     return 0
 
 
@@ -453,6 +491,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{args.name}-{args.profile}"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    _probe_folder(out, "--out", out)
     root = _data_root(args)
     device = resolve_device(args.device)
     try:
@@ -519,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refusals() -> tuple[type[Exception], ...]:
+    """The library's own refusals of a file or of a run, printed like usage errors: damaged
+    or hostile files, unusable checkpoints, non-finite training. (Imported only when an
+    exception reaches :func:`main`.)"""
+    from .fileio import DamagedFileError
+    from .recipes.pipeline import ModelFileError, RecipeConfigError
+    from .training import CheckpointError, NonFiniteError
+
+    return (DamagedFileError, ModelFileError, RecipeConfigError, CheckpointError, NonFiniteError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``snn-robust`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     from .data import DatasetError
@@ -532,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         return int(args.handler(args))
-    except (UsageError, DatasetError) as exc:
+    except (UsageError, DatasetError, *_refusals()) as exc:
         message = " ".join(str(exc).split())  # always one line
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .fileio import atomic_write_bytes
+
 __all__ = [
     "CHECKSUMS",
     "DATASETS",
@@ -227,13 +229,6 @@ def _missing_idx(raw: Path) -> list[str]:
     return [f for f in IDX_FILES if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _prepare_local(spec: _IdxSpec, root: Path, check: Sequence[str], verify: bool) -> None:
     """Make all four plain IDX files exist in the raw folder; verify those in ``check``.
 
@@ -251,7 +246,7 @@ def _prepare_local(spec: _IdxSpec, root: Path, check: Sequence[str], verify: boo
             content = _read_idx_bytes(packed)
             if verify:
                 verify_file(packed, CHECKSUMS[spec.name][name], data=content)
-            _write_atomic(plain, content)
+            atomic_write_bytes(plain, content)
         else:
             raise DatasetNotFoundError(_not_found_message(spec, root, [name], []))
 
@@ -378,7 +373,7 @@ def _install_from(spec: _IdxSpec, folder: Path, raw: Path, missing: Sequence[str
         else:
             raise RuntimeError(f"{name} is not in what it delivered ({folder})")
     for name, content in contents.items():
-        _write_atomic(raw / name, content)
+        atomic_write_bytes(raw / name, content)
 
 
 def _ensure_idx(
@@ -489,6 +484,12 @@ def _load_idx(
             f"{raw}: {images.shape[0]} images but {labels.shape[0]} labels in {split_files[0]} / {split_files[1]}"
         )
     classes = getattr(tv_mnist, spec.folder).classes
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(classes)):
+        # unverified files (verify=False) can hold any byte; a label >= the class count would
+        # fail deep inside the loss (or index out of range on a GPU) long after loading
+        raise DatasetError(
+            f"{raw / split_files[1]}: labels must be in 0..{len(classes) - 1}, found {int(labels.min())}..{int(labels.max())}"
+        )
     return IdxImageDataset(images, labels, name=spec.title, train=train, classes=classes)
 
 

@@ -35,7 +35,6 @@ multiplies the bound logits, default 1 as in the paper).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -44,7 +43,6 @@ import math
 import os
 import platform
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .bounds.api import METHODS, Method, compute_bounds
+from .fileio import DamagedFileError, load_checked, remove_stale_temporaries, save_checked
 from .loss import bound_logits
 from .network import SpikingNetwork
 from .perturbations import Perturbation
@@ -65,9 +64,11 @@ from .schedules import EpsSchedule
 __all__ = [
     "CLEAN_LOSSES",
     "DEFAULT_CE_SCALE",
+    "CheckpointError",
     "CleanLoss",
     "EpochBatchSampler",
     "FitResult",
+    "NonFiniteError",
     "RobustTrainingStep",
     "TrainConfig",
     "TrainingStep",
@@ -75,6 +76,7 @@ __all__ = [
     "capture_rng_state",
     "fit",
     "load_checkpoint",
+    "non_finite_parameters",
     "resolve_device",
     "restore_rng_state",
 ]
@@ -90,6 +92,8 @@ init seeds 0 / 1): scale 1 (authors' code) 90.6 / 89.9 % test accuracy, 5: 95.2 
 one-hot: 85.9 % (seed 0 only)."""
 OPTIMIZERS = ("sgd", "adam")
 CHECKPOINT_NAME = "last.pt"
+#: The checkpoint before ``last.pt``, kept so that a damaged newest one costs one interval.
+PREVIOUS_CHECKPOINT_NAME = "previous.pt"
 CHECKPOINT_FORMAT = 1
 
 
@@ -122,6 +126,28 @@ class CleanLoss:
             return F.cross_entropy(rates * self.scale, labels)
         target = F.one_hot(labels, rates.shape[-1]).to(rates.dtype)
         return F.mse_loss(rates, target)
+
+
+class NonFiniteError(ValueError):
+    """Training produced a NaN or infinite loss, gradient or weight; the message names the
+    training step (counted from 1) and, for weights, the parameters."""
+
+
+class CheckpointError(ValueError):
+    """A run cannot resume from its checkpoint folder: the checkpoints are damaged with no
+    good one left, or were written with a different configuration."""
+
+
+def non_finite_parameters(net: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``net`` holding a NaN or an infinity (one
+    device sync for the whole network)."""
+    named = [(n, t) for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if bool(finite.all()):
+        return []
+    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
 
 
 def _check_weight(name: str, value: float) -> float:
@@ -198,6 +224,12 @@ class TrainingStep:
         net.train()
         optimizer.zero_grad(set_to_none=True)
         loss, metrics = self.compute_loss(net, x, labels)
+        number = self.step + 1  # this step, counted from 1 as in the logs
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            parts = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items() if k.endswith("loss"))
+            raise NonFiniteError(f"training step {number}: the loss is {loss_value} ({parts}); stopped before the "
+                                 "optimizer step (check the data and the learning rate)")
         loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.clip_norm is not None:
@@ -206,10 +238,17 @@ class TrainingStep:
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
         else:
             grad_norm = torch.zeros(())
+        if not math.isfinite(float(grad_norm)):
+            raise NonFiniteError(f"training step {number}: the gradient norm is {float(grad_norm)}; stopped before "
+                                 "the optimizer step (check the data and the learning rate)")
         lr = float(optimizer.param_groups[0]["lr"])
         optimizer.step()
+        bad = non_finite_parameters(net)
+        if bad:
+            raise NonFiniteError(f"training step {number}: non-finite weights after the optimizer step in "
+                                 f"{', '.join(bad)} (lr {lr:g}); lower the learning rate. This model must not be saved")
         self.step += 1
-        out = {"loss": float(loss.detach())}
+        out = {"loss": loss_value}
         out.update({k: float(v) for k, v in metrics.items()})
         out["grad_norm"] = float(grad_norm)
         out["lr"] = lr
@@ -363,43 +402,21 @@ def restore_rng_state(state: Mapping[str, Any], *generators: torch.Generator | N
             g.set_state(s)
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not possible on every platform (Windows)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` that never leaves a half-written file at ``path``.
-
-    Writes to a temporary file in the same folder, flushes and fsyncs it, then renames it
-    over ``path`` with ``os.replace`` (atomic on POSIX and Windows) and fsyncs the folder.
-    If anything fails, the temporary file is removed and ``path`` keeps its old content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
+def atomic_save(obj: Any, path: str | os.PathLike[str], *, keep_previous: str | os.PathLike[str] | None = None) -> Path:
+    """``torch.save`` that never leaves a half-written file at ``path`` and records a SHA-256
+    of the content (:func:`snn_robust.fileio.save_checked`; written through the one atomic
+    writer :func:`snn_robust.fileio.atomic_write`: temporary file, fsync, ``os.replace``).
+    With ``keep_previous``, the file being replaced is kept under that name. ``obj`` must be
+    plain data (tensors, numbers, strings, containers) so that :func:`load_checkpoint` reads
+    it back without unpickling code."""
+    return save_checked(obj, path, keep_previous=keep_previous)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit` (or :func:`atomic_save`), tensors only
-    (``weights_only=True``: no code from the file is run)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Read a checkpoint written by :func:`fit` (or :func:`atomic_save`): its checksum is
+    verified and only plain data is rebuilt (``weights_only=True``: no code from the file is
+    run). Raises :class:`~snn_robust.fileio.DamagedFileError` for a damaged or hostile file."""
+    return load_checked(path, map_location=map_location)
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,8 +529,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "eps", "clean_weight", "bound_weight", "weight_decay", "momentum"):
             _check_weight(name, getattr(self, name))
         _check_clip(self.clip_norm)
@@ -672,6 +689,43 @@ def _config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
             if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
 
 
+def _checkpoint_to_resume(path: Path) -> dict[str, Any] | None:
+    """The newest usable checkpoint: ``last.pt``, else ``previous.pt`` with a warning (a
+    damaged ``last.pt`` is renamed ``last.pt.damaged`` so that the next save does not rotate
+    it over the good previous one); ``None`` when neither exists.
+
+    A checkpoint is usable when its checksum holds, it has this format and its weights are
+    finite. Raises :class:`CheckpointError` when files exist but none is usable."""
+    previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+    problems: list[str] = []
+    for candidate in (path, previous):
+        if not candidate.exists():
+            continue
+        try:
+            ck = load_checkpoint(candidate, map_location="cpu")
+        except DamagedFileError as exc:
+            problems.append(str(exc))
+            continue
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("model"), dict):
+            found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+            problems.append(f"{candidate} is not a fit checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT})")
+            continue
+        bad = [k for k, v in ck["model"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            problems.append(f"{candidate} holds non-finite weights in {', '.join(bad)}")
+            continue
+        if candidate == previous:
+            reason = "; ".join(problems) if problems else f"{path} is missing (interrupted while saving)"
+            log.warning("resuming from the previous checkpoint %s, one checkpoint interval back: %s", previous, reason)
+            if path.exists():
+                os.replace(path, path.with_name(path.name + ".damaged"))
+        return ck
+    if problems:
+        raise CheckpointError(f"cannot resume: {'; '.join(problems)}; no good checkpoint is left in {path.parent} "
+                              f"(delete {path.name} and {previous.name} there to start over)")
+    return None
+
+
 def fit(
     net: SpikingNetwork,
     dataset: Dataset,
@@ -714,10 +768,13 @@ def fit(
             ``checkpoint_every`` steps, and when ``max_steps`` stops the run. It holds the
             model, optimizer, LR scheduler, training step (step counter, eps schedule,
             coding generator), all RNG states, epoch / batch / step counters, the running
-            epoch means and the history.
+            epoch means and the history, as plain data with a SHA-256 (see
+            :mod:`snn_robust.fileio`). The checkpoint it replaces is kept as
+            ``previous.pt``; temporary files left by a killed save are deleted on start.
         resume: continue from ``checkpoint_dir/last.pt`` if it exists (same weights, eps,
             data order and random streams as a run that never stopped); the config must
-            match except for :data:`RESUMABLE_CHANGES`.
+            match except for :data:`RESUMABLE_CHANGES`. A damaged, truncated or missing
+            ``last.pt`` falls back to ``previous.pt`` with a warning.
         max_steps: stop after this many steps in total (checkpointed; resumable).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         progress: show a tqdm bar over the steps.
@@ -727,6 +784,12 @@ def fit(
             e.g. ``lambda x, y: (x.transpose(0, 1), y)`` for spike data stored ``[B, T, ...]``.
         optimizer: use this optimizer instead of the one ``config`` describes.
         num_workers: DataLoader workers.
+
+    Raises:
+        NonFiniteError: a loss, gradient norm or weight became NaN or infinite (the message
+            names the step); the run stops there and that state is never checkpointed.
+        CheckpointError: ``resume`` found checkpoints but none is usable, or they were
+            written with another config.
     """
     from tqdm.auto import tqdm
 
@@ -762,16 +825,16 @@ def fit(
     epoch, batch, step, elapsed = 0, 0, 0, 0.0
     history: dict[str, list[dict[str, Any]]] = {"epochs": [], "steps": []}
     epoch_mean, span_mean = _Mean(), _Mean()
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, map_location="cpu")
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path} has checkpoint format {ck.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    if ckpt_path is not None:
+        remove_stale_temporaries(ckpt_path)
+    ck = _checkpoint_to_resume(ckpt_path) if resume and ckpt_path is not None else None
+    if ck is not None:
         diff = _config_mismatch(ck["config"], config.to_dict())
         if diff:
-            raise ValueError(f"cannot resume {ckpt_path} with a different config ({'; '.join(diff)}); "
-                             "use the original config or a new checkpoint_dir")
+            raise CheckpointError(f"cannot resume {ckpt_path} with a different config ({'; '.join(diff)}); "
+                                  "use the original config or a new checkpoint_dir")
         if ck["perturbation"] != repr(perturbation):
-            raise ValueError(f"cannot resume {ckpt_path}: it was trained with {ck['perturbation']}, now {perturbation!r}")
+            raise CheckpointError(f"cannot resume {ckpt_path}: it was trained with {ck['perturbation']}, now {perturbation!r}")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         lr_sched.load_state_dict(ck["lr_scheduler"])
@@ -805,6 +868,9 @@ def fit(
     def save() -> None:
         if ckpt_path is None:
             return
+        bad = non_finite_parameters(net)
+        if bad:  # the training step stops first; this guards models changed from outside
+            raise NonFiniteError(f"step {step}: refusing to checkpoint non-finite weights in {', '.join(bad)}")
         atomic_save({
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
@@ -819,7 +885,7 @@ def fit(
             "epoch_mean": epoch_mean.state_dict(),
             "span_mean": span_mean.state_dict(),
             "environment": _environment(),
-        }, ckpt_path)
+        }, ckpt_path, keep_previous=ckpt_path.with_name(PREVIOUS_CHECKPOINT_NAME))
 
     def stop_now() -> bool:
         return max_steps is not None and step >= max_steps
