@@ -2,6 +2,7 @@
 from .adapters import from_snntorch, from_spikingjelly
 from .attacks import EOTPGD, GreedyFlip, SpikeCompatibleAttack, SpikeCompatibleDigitalAttack
 from .bounds import METHODS, compute_bounds, margin_spec
+from .certificates import CodingCertificate, certify_over_codings, clopper_pearson_lower, event_l0_bounds
 from .errors import UnsupportedLayerError
 from .evaluate import attack_error, certified_error, clean_error
 from .loss import bound_logits, certified_loss
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EOTPGD",
     "CleanLoss",
+    "CodingCertificate",
     "EpsSchedule",
     "GreedyFlip",
     "RobustTrainingStep",
@@ -41,7 +43,10 @@ __all__ = [
     "bernoulli_encode",
     "bound_logits",
     "certified_loss",
+    "certify_over_codings",
+    "clopper_pearson_lower",
     "compute_bounds",
+    "event_l0_bounds",
     "from_snntorch",
     "from_spikingjelly",
     "margin_spec",
