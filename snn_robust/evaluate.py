@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .bounds.api import Method, compute_bounds
 from .network import SpikingNetwork
 from .perturbations import DigitalLinf, DirectLinf, Perturbation, SpikeL0, bernoulli_encode
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .attacks import Attack
@@ -200,8 +200,9 @@ def _check_net(net: SpikingNetwork, coding: str) -> None:
         raise ValueError(f"coding {coding!r} needs a network with input_coding={wanted!r}, got {net.input_coding!r}")
 
 
-def _progress(progress: bool, total: int | None, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+def _progress(progress: bool, total: int | None, desc: str) -> Any:
+    """A bar over batches on a terminal, plain lines in a log (:func:`.progress.progress_bar`)."""
+    return progress_bar(total, desc, enabled=progress, unit="batch", leave=False)
 
 
 # -- clean error ------------------------------------------------------------------------

@@ -777,7 +777,8 @@ def fit(
             ``last.pt`` falls back to ``previous.pt`` with a warning.
         max_steps: stop after this many steps in total (checkpointed; resumable).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        progress: show a tqdm bar over the steps.
+        progress: show progress over the steps (a tqdm bar on a terminal, a plain line per
+            tenth of the steps otherwise; :func:`snn_robust.progress.progress_bar`).
         evaluate: called with the network (in eval mode) at each epoch end; its floats join
             the epoch row.
         batch_transform: applied to each ``(x, labels)`` batch before it goes to the device,
@@ -791,7 +792,7 @@ def fit(
         CheckpointError: ``resume`` found checkpoints but none is usable, or they were
             written with another config.
     """
-    from tqdm.auto import tqdm
+    from .progress import format_row, progress_bar
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -846,7 +847,7 @@ def fit(
         span_mean.load_state_dict(ck["span_mean"])
         log.info("resumed %s at epoch %d, batch %d (step %d)", ckpt_path, epoch, batch, step)
     elif resume:
-        log.info("resume=True but no checkpoint at %s: starting a new run", ckpt_path)
+        log.debug("no checkpoint at %s yet: training from the start", ckpt_path)  # the normal fresh run
 
     epoch_log = steps_log = None
     if run_path is not None:
@@ -891,8 +892,7 @@ def fit(
         return max_steps is not None and step >= max_steps
 
     total = config.epochs * per_epoch
-    bar = tqdm(total=total, initial=min(step, total), disable=not progress, desc="robust" if config.robust else "natural",
-               unit="step", dynamic_ncols=True)
+    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=progress, initial=min(step, total))
     completed = False
     try:
         while epoch < config.epochs and not stop_now():
@@ -935,7 +935,7 @@ def fit(
             history["epochs"].append(row)
             if epoch_log is not None:
                 epoch_log.append(row)
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            log.info("%s", format_row(row, config.epochs, "robust" if config.robust else "natural"))
             lr_sched.step()
             epoch, batch = epoch + 1, 0
             epoch_mean = _Mean()
