@@ -184,7 +184,7 @@ def _load_split(dataset: str, root: Any, train: bool, verify: bool, steps: int =
     from snn_robust import data
 
     if dataset == "nmnist":
-        return data.nmnist(root, train=train, steps=steps)
+        return data.nmnist(root, train=train, steps=steps, verify=verify)
     load = data.mnist if dataset == "mnist" else data.fashion_mnist
     return load(root, train=train, verify=verify)
 

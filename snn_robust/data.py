@@ -29,7 +29,10 @@ IDX files, such as small test fixtures). Existing files are never replaced, and 
 ever replaced by synthetic data.
 
 N-MNIST has no fetch step here: point ``root`` at the official release's layout
-(``Train/<label>/<id>.bin`` and ``Test/<label>/<id>.bin``), see :func:`locate_nmnist`.
+(``Train/<label>/<id>.bin`` and ``Test/<label>/<id>.bin``), see :func:`locate_nmnist`. Each
+recording is checked before use (:func:`check_nmnist_recording`): the 1100 recordings of the
+shipped subset against their size and SHA-256 (:mod:`snn_robust.nmnist_manifest`; the same
+files are part of the official release), any other by its format.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io as _io
 import logging
 import os
 import shutil
@@ -62,7 +66,9 @@ __all__ = [
     "DatasetError",
     "DatasetNotFoundError",
     "IdxImageDataset",
+    "NMNISTCheck",
     "NMNISTFrames",
+    "check_nmnist_recording",
     "default_data_root",
     "fashion_mnist",
     "fetch",
@@ -71,6 +77,7 @@ __all__ = [
     "nmnist",
     "stratified_split",
     "verify_file",
+    "verify_nmnist",
 ]
 
 log = logging.getLogger(__name__)
@@ -622,7 +629,8 @@ class NMNISTFrames(Dataset):
     4. Frames are binarised: ``frames = (counts > 0).float()``.
 
     With ``cache=True`` the binary frames of each sample are kept in memory (as bool, about
-    ``T * 2312`` bytes per sample) after the first read.
+    ``T * 2312`` bytes per sample) after the first read. With ``verify=True`` (default) each
+    recording is checked when it is first read (:func:`check_nmnist_recording`).
     """
 
     classes = [str(i) for i in range(10)]
@@ -635,6 +643,7 @@ class NMNISTFrames(Dataset):
         *,
         first_saccade_only: bool = False,
         cache: bool = True,
+        verify: bool = True,
     ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -645,6 +654,7 @@ class NMNISTFrames(Dataset):
         self.train = bool(train)
         self.steps = steps
         self.first_saccade_only = first_saccade_only
+        self.verify = verify
         self.files, labels = _index_split(self.split_dir)
         if not self.files:
             raise DatasetNotFoundError(f"no .bin files under {self.split_dir}/<label>/")
@@ -655,14 +665,18 @@ class NMNISTFrames(Dataset):
         return len(self.files)
 
     def events(self, index: int) -> np.ndarray:
-        """The raw events of sample ``index`` as tonic reads them (fields x, y, t, p)."""
+        """The raw events of sample ``index`` as tonic reads them (fields x, y, t, p), after
+        :func:`check_nmnist_recording` (size and SHA-256 for the known recordings, format
+        for the others; ``ChecksumError`` names a damaged file)."""
         io = _require("tonic.io", "tonic")
         tonic_datasets = _require("tonic.datasets", "tonic")
         path = self.files[index]
-        size = path.stat().st_size
-        if size % 5 != 0:
-            raise DatasetError(f"{path} is corrupted: {size} bytes is not a multiple of the 5-byte event size")
-        ev = io.read_mnist_file(str(path), dtype=tonic_datasets.NMNIST.dtype)
+        data = path.read_bytes()
+        if self.verify:
+            check_nmnist_recording(path, f"{self.split_dir.name}/{path.parent.name}/{path.name}", data)
+        elif len(data) % 5:
+            raise ChecksumError(f"{path} is corrupted: {len(data)} bytes is not a multiple of the 5-byte event size")
+        ev = io.read_mnist_file(_io.BytesIO(data), dtype=tonic_datasets.NMNIST.dtype, is_stream=True)
         if self.first_saccade_only:
             ev = ev[ev["t"] < 100_000]
         return ev
@@ -687,6 +701,78 @@ class NMNISTFrames(Dataset):
         return f"NMNISTFrames({self.split_dir}, {len(self)} samples, T={self.steps})"
 
 
+def _known_recordings() -> dict[str, tuple[int, str]]:
+    from .nmnist_manifest import RECORDINGS
+
+    return RECORDINGS
+
+
+def check_nmnist_recording(path: str | os.PathLike[str], key: str, data: bytes | None = None) -> bool:
+    """Check one N-MNIST recording; return True when it was checked against a known SHA-256.
+
+    ``key`` is its ``"<Train|Test>/<label>/<id>.bin"`` path. A recording listed in
+    :data:`snn_robust.nmnist_manifest.RECORDINGS` (the shipped subset, which is also part of
+    the official release) must have that size and SHA-256. Any other recording gets the format
+    checks that need no reference: not empty, a whole number of 5-byte events, every event's
+    ``x < 34`` and ``y < 34`` (or ``y == 240``, a timestamp-overflow marker).
+
+    Raises:
+        ChecksumError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    content = path.read_bytes() if data is None else data
+    known = _known_recordings().get(key)
+    if known is not None:
+        size, sha = known
+        if len(content) != size or _sha256(content) != sha:
+            raise ChecksumError(
+                f"{path} is damaged: {len(content)} bytes with SHA-256 {_sha256(content)[:16]}..., expected "
+                f"{size} bytes with SHA-256 {sha[:16]}... (the N-MNIST recording {key}); replace it with the "
+                "file from the official release")
+        return True
+    if not content or len(content) % 5:
+        raise ChecksumError(f"{path} is damaged: {len(content)} bytes is not a whole, non-zero number of 5-byte events")
+    raw = np.frombuffer(content, dtype=np.uint8)
+    x, y = raw[0::5], raw[1::5]
+    if int(x.max()) >= NMNIST_SENSOR_SIZE[0] or bool(((y >= NMNIST_SENSOR_SIZE[1]) & (y != 240)).any()):
+        raise ChecksumError(f"{path} is damaged: it holds events outside the 34x34 sensor")
+    return False
+
+
+@dataclass(frozen=True)
+class NMNISTCheck:
+    """What :func:`verify_nmnist` checked: recordings per split, how many of them against a
+    known SHA-256 (``verified``) and how many by format only (``format_only``)."""
+
+    folder: Path
+    counts: dict[str, int]
+    verified: int
+    format_only: int
+
+
+def verify_nmnist(folder: str | os.PathLike[str]) -> NMNISTCheck:
+    """Check every recording under ``folder/{Train,Test}/<label>/`` with
+    :func:`check_nmnist_recording` (used by :func:`fetch` and ``snn-robust data fetch nmnist``).
+
+    Raises:
+        ChecksumError: the first damaged recording, by name.
+    """
+    folder = Path(folder)
+    counts: dict[str, int] = {}
+    verified = format_only = 0
+    for split in _NMNIST_SPLITS.values():
+        if not (folder / split).is_dir():
+            continue
+        files, _ = _index_split(folder / split)
+        counts[split] = len(files)
+        for path in files:
+            if check_nmnist_recording(path, f"{split}/{path.parent.name}/{path.name}"):
+                verified += 1
+            else:
+                format_only += 1
+    return NMNISTCheck(folder, counts, verified, format_only)
+
+
 def nmnist(
     root: str | os.PathLike[str] | None = None,
     train: bool = True,
@@ -695,6 +781,7 @@ def nmnist(
     first_saccade_only: bool = False,
     cache: bool = True,
     fallback: bool = True,
+    verify: bool = True,
 ) -> NMNISTFrames:
     """N-MNIST as binary frames ``[T=steps, 2, 34, 34]``; see :class:`NMNISTFrames` for the binning.
 
@@ -706,7 +793,7 @@ def nmnist(
     """
     folder = locate_nmnist(root, train, fallback=fallback)
     log.info("N-MNIST: using %s", folder)
-    return NMNISTFrames(folder, train, steps, first_saccade_only=first_saccade_only, cache=cache)
+    return NMNISTFrames(folder, train, steps, first_saccade_only=first_saccade_only, cache=cache, verify=verify)
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,14 +811,18 @@ def fetch(
 
     For MNIST / Fashion-MNIST: locate the files in ``<root>/<MNIST|FashionMNIST>/raw/``, else
     fetch them (see the module docstring), verify them, and return the raw folder. For N-MNIST:
-    return the folder found by :func:`locate_nmnist` (nothing is downloaded).
+    return the folder found by :func:`locate_nmnist` (nothing is downloaded) after
+    :func:`verify_nmnist` (``verify=False`` skips it).
 
     Raises:
         DatasetError: unknown ``name``; or a subclass when files are missing or corrupted.
     """
     base = _as_root(root)
     if name == "nmnist":
-        return locate_nmnist(base)
+        folder = locate_nmnist(base)
+        if verify:
+            verify_nmnist(folder)
+        return folder
     if name not in _IDX_SPECS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     return _ensure_idx(_IDX_SPECS[name], base, verify=verify, download=True, sources=sources)
