@@ -405,6 +405,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     net, info = _load_model_arg(args.model, device)
+    _check_beyond_sampling(args, info)
     test = load_test_set(info["dataset"], args.samples, _data_root(args), args.verify_data)
     seeds = tuple(args.seed + i for i in range(args.seeds))
     coding = "spike" if info["dataset"] == "nmnist" else "rate"
@@ -419,8 +420,39 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 out["certified"].append(r.to_dict())
                 print(f"  eps {eps:<8g} {method:<10} T'={steps:<3} certified error {100 * r.error:.1f}% "
                       f"(verified {100 * (1 - r.error):.1f}%)")
+    _certify_beyond_sampling(args, net, info, test, out)
     _print_json(out, json_out)
     return 0
+
+
+# certificates beyond the sampled maps / picks (snn_robust.certificates): --codings, --flips
+def _check_beyond_sampling(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    events = info["dataset"] == "nmnist"
+    if args.codings and events:
+        raise UsageError("--codings applies to rate-coded images; for N-MNIST use --flips K")
+    if args.flips and not events:
+        raise UsageError("--flips applies to event data (N-MNIST); for images use --codings N")
+
+
+def _certify_beyond_sampling(args: argparse.Namespace, net: Any, info: dict[str, Any], test: Any, out: dict[str, Any]) -> None:
+    from .certificates import coding_certificate_summary, event_certified_error
+    from .recipes.pipeline import perturbation_for
+
+    for method in args.method:
+        for steps in args.tprime:
+            for eps in args.eps if args.codings else ():
+                r = coding_certificate_summary(net, test, perturbation_for(info["dataset"], eps), args.codings,
+                                               args.confidence, steps=steps, method=method, seed=args.seed)
+                out.setdefault("over_codings", []).append(r)
+                print(f"  eps {eps:<8g} {method:<10} T'={steps:<3} over {args.codings} coding maps: certified under "
+                      f"{100 * r['certified_share']:.1f}% of maps, {100 * r['confidence']:g}%-confidence lower bound "
+                      f"{100 * r['mean_lower']:.1f}% (mean), > 50% for {100 * r['share_above_half']:.1f}% of samples")
+            for k in args.flips or ():
+                r = event_certified_error(net, test, k, per_step=args.per_step, steps=steps, method=method)
+                out.setdefault("event_l0", []).append(r.to_dict())
+                where = "per step" if args.per_step else "in the recording"
+                print(f"  k={k:<4} flips {where} {method:<10} T'={steps:<3} certified error {100 * r.error:.1f}% "
+                      f"(verified {100 * (1 - r.error):.1f}%, every recording within k flips)")
 
 
 def _add_attack(subparsers: Any) -> None:
@@ -473,8 +505,25 @@ def _add_certify(subparsers: Any) -> None:
     p.add_argument("--samples", type=_positive_int, default=300, help="test samples (default: 300)")
     p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds to average over (default: 3)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the full results as JSON")
+    p.add_argument("--codings", type=_positive_int, default=None, metavar="N",
+                   help="images: also bound, per sample, the probability over coding maps that the whole eps-ball is "
+                        "certified (N maps per sample, Clopper-Pearson)")
+    p.add_argument("--confidence", type=_confidence, default=0.99, help="confidence of --codings (default: 0.99)")
+    p.add_argument("--flips", type=_positive_int, nargs="+", default=None, metavar="K",
+                   help="N-MNIST: also certify every recording within K added/removed events (no sampling)")
+    p.add_argument("--per-step", action="store_true", help="with --flips: K flips in each frame, not in the recording")
     _add_run_options(p)
     p.set_defaults(handler=_cmd_certify)
+
+
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a confidence in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a confidence strictly between 0 and 1, got {text}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------

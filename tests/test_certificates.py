@@ -285,3 +285,61 @@ def test_event_bounds_refuse_bad_inputs():
         sr.event_l0_bounds(net, x, 1, steps=3)
     with pytest.raises(ValueError, match=r"\[T, B, X"):
         sr.event_l0_bounds(net, x[0, 0], 1)
+
+
+# -- over a data set, and in the command line -----------------------------------------------------
+def test_event_certified_error_without_flips_is_the_clean_error():
+    """With k = 0 the set is the observed recording, whose bounds are exact: verified iff correct."""
+    net = _fc(8)
+    gen = torch.Generator().manual_seed(8)
+    frames = torch.rand(12, 3, 2, 3, generator=gen).bernoulli(generator=gen)  # sample-major [N, T, X...]
+    labels = torch.randint(0, 3, (12,), generator=gen)
+    err0 = sr.certificates.event_certified_error(net, (frames, labels), 0, method="ibp", batch_size=5)
+    clean = sr.clean_error(net, (frames, labels), coding="spike", progress=False)
+    assert err0.error == clean.error and err0.num_samples == 12
+    err2 = sr.certificates.event_certified_error(net, (frames, labels), 2, method="crown-ibp")
+    assert err2.error >= err0.error
+
+
+def test_coding_certificate_summary_over_batches():
+    net = _tiny_rate_net(5)
+    images = torch.tensor([[0.9, 0.1, 0.5]]).repeat(10, 1)
+    labels = torch.zeros(10, dtype=torch.long)
+    r = sr.certificates.coding_certificate_summary(net, (images, labels), sr.DigitalLinf(0.05), 20, 0.9, steps=2, batch_size=3)
+    assert r["num_samples"] == 10 and len(r["lower"]) == 10
+    shares = torch.tensor(r["certified"]) / 20
+    assert 0 < r["certified_share"] < 1 and r["certified_share"] == pytest.approx(float(shares.mean()))
+    assert all(lo <= s for lo, s in zip(r["lower"], shares.tolist()))  # the CP bound never exceeds K / n
+
+
+@pytest.fixture(scope="module")
+def cli_root(tmp_path_factory):
+    from test_recipes import write_fixture_root
+
+    return write_fixture_root(tmp_path_factory.mktemp("cert-data"), n_train=10, n_test=10, n_nmnist=(1, 1))
+
+
+@pytest.mark.parametrize("dataset, extra, key", [("mnist", ["--codings", "3", "--confidence", "0.9"], "over_codings"),
+                                                  ("nmnist", ["--flips", "1", "--per-step"], "event_l0")])
+def test_certify_command_reports_the_certificates(tmp_path, cli_root, capsys, dataset, extra, key):
+    import json
+
+    from snn_robust import cli
+    from snn_robust.recipes import save_model
+
+    model = save_model(tmp_path / "m.pt", sr.paper_model("fc", dataset), arch="fc", dataset=dataset)
+    out = tmp_path / "cert.json"
+    common = ["--data-root", str(cli_root), "--no-verify-data", "--samples", "3", "--seeds", "1", "--method", "ibp"]
+    assert cli.main(["-q", "certify", "--model", str(model), "--eps", "0.01", "--tprime", "2", *extra, *common,
+                     "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("coding maps" if key == "over_codings" else "flips per step") in printed
+    res = json.loads(out.read_text())[key]
+    assert len(res) == 1
+    if key == "over_codings":
+        assert res[0]["n_maps"] == 3 and res[0]["confidence"] == 0.9 and len(res[0]["lower"]) == 3
+    else:
+        assert res[0]["details"]["k"] == 1 and res[0]["num_samples"] == 3
+    wrong = ["--flips", "1"] if dataset == "mnist" else ["--codings", "3"]
+    assert cli.main(["certify", "--model", str(model), "--eps", "0.01", *wrong, *common]) == 2
+    assert ("--flips applies" if dataset == "mnist" else "--codings applies") in capsys.readouterr().err
