@@ -44,6 +44,7 @@ from snn_robust.loss import bound_logits
 from snn_robust.models import paper_model
 from snn_robust.network import SpikingNetwork
 from snn_robust.perturbations import Perturbation
+from snn_robust.progress import format_duration
 from snn_robust.fileio import DamagedFileError, atomic_write_text, read_checked
 from snn_robust.training import NonFiniteError, TrainConfig, atomic_save, fit, non_finite_parameters
 
@@ -344,6 +345,7 @@ class RecipeRun:
         self._train = None
         self._test: tuple[Tensor, Tensor] | None = None
         self._started = time.time()
+        self._t_run = time.perf_counter()
 
     # -- configuration ----------------------------------------------------------------------
     @property
@@ -400,12 +402,15 @@ class RecipeRun:
                 self.stages[name] = {"status": "cached", "wall_s": info.get("wall_s"), "file": str(result_file)}
                 if "training_s" in info:
                     self.stages[name]["training_s"] = info["training_s"]
-            log.info("stage %s: done earlier (%s), skipped", name, result_file)
+                log.info("%s: done in an earlier run (%s), read from %s", self._stage_title(name),
+                         format_duration(info.get("wall_s") or 0.0), result_file)
             return info.get("result") if not model else None
-        log.info("stage %s: running", name)
+        log.info("%s: %s", self._stage_title(name), self._stage_doc(name))
         t0 = time.perf_counter()
         result = compute()
         wall = time.perf_counter() - t0
+        log.info("%s: done in %s (%s since the start of this run)", self._stage_title(name), format_duration(wall),
+                 format_duration(time.perf_counter() - self._t_run))
         if model:
             rows = _read_jsonl(result_file.parent / "metrics.jsonl")
             # fit's own clock spans every resumption; wall_s only this invocation's part
@@ -416,6 +421,46 @@ class RecipeRun:
         if model:
             self.stages[name]["training_s"] = json.loads(marker.read_text()).get("training_s")
         return result
+
+    def plan(self) -> list[str]:
+        """The stage names of this recipe in the order :meth:`run` meets them."""
+        c = self.c
+        if c.recipe.kind == "tprime":
+            names = ["natural", "clean-natural", "bound-loss-natural-t3"]
+            for t in c.recipe.tprimes:
+                names += [f"robust-t{t}", f"clean-robust-t{t}", f"bound-loss-robust-t{t}-t3"]
+            return names
+        attacks = list(attack_names(c.recipe.dataset))
+        names = ["natural", "robust", *(f"search-{a}" for a in attacks)]
+        for tag in ("natural", "robust"):
+            names += [f"clean-{tag}", *(f"attack-{tag}-{a}" for a in attacks), f"certify-{tag}"]
+        return names
+
+    def _stage_title(self, name: str) -> str:
+        plan = self.plan()
+        return f"stage {plan.index(name) + 1}/{len(plan)} {name}" if name in plan else f"stage {name}"
+
+    def _stage_doc(self, name: str) -> str:
+        """What a stage does, in words, for the log."""
+        c, p = self.c, self.c.profile
+        tag = name.split("-")[1] if "-" in name else name
+        if name == "natural":
+            return f"natural training (BPTT, {_count(self.natural_config().epochs, 'epoch')} on {p.n_train or 'all'} samples)"
+        if name.startswith("robust"):
+            cfg = self.robust_config(int(name[len("robust-t"):]) if name.startswith("robust-t") else None)
+            return (f"robust training (certified loss, {cfg.method} bound at T' = {cfg.bound_steps}, "
+                    f"eps {c.recipe.train_eps}, {_count(cfg.epochs, 'epoch')})")
+        if name.startswith("search-"):
+            targets = "/".join(f"{round(100 * t)}" for t in p.search_targets)
+            return f"bisection for the eps that give the natural model {targets} % error under {name[len('search-'):]}"
+        if name.startswith("clean-"):
+            return f"clean error of the {name[len('clean-'):]} model over {len(p.seeds)} codings"
+        if name.startswith("attack-"):
+            return f"attack error of the {tag} model at the paper's and the searched eps"
+        if name.startswith("certify-"):
+            return (f"certified error of the {tag} model at eps {c.recipe.train_eps} "
+                    f"({', '.join(p.certify_methods)}; T' = {', '.join(map(str, p.certify_steps))})")
+        return "S-CROWN bound loss on the test samples"
 
     def _fit(self, folder: Path, net: SpikingNetwork, config: TrainConfig, perturbation: Perturbation) -> None:
         c = self.c
@@ -571,7 +616,9 @@ class RecipeRun:
         from . import report
 
         cfg = self._check_config()
-        t0 = time.perf_counter()
+        t0 = self._t_run = time.perf_counter()
+        log.info("%s (%s profile) into %s: %d stages; finished ones are read back", self.c.recipe.name,
+                 self.c.profile.name, self.c.out, len(self.plan()))
         models: dict[str, Any]
         if self.c.recipe.kind == "tprime":
             models = self._run_tprime()
@@ -627,6 +674,10 @@ class RecipeRun:
                 "final_training_row": metrics[-1] if metrics else None,
             }
         return models
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _comparable(cfg: Any) -> Any:

@@ -2,8 +2,9 @@
 
 :func:`progress_bar` is a tqdm bar when stderr is a terminal. When it is not (a log file, a
 pipe, CI), a redrawn bar would pile ``\\r`` updates onto one line, so the same calls write a
-plain log line instead at every tenth of the work: count, share, measured time per unit and
-the time left at that rate. :func:`format_row` turns a training metrics row into one line of
+plain log line instead at every tenth of the work (at most one per :data:`QUIET_S`
+seconds, none for work that ends sooner): count, share, measured time per unit and the time
+left at that rate. :func:`format_row` turns a training metrics row into one line of
 text, :func:`format_duration` a number of seconds into ``"2 min 05 s"``.
 """
 
@@ -18,6 +19,10 @@ from typing import Any
 __all__ = ["PlainProgress", "format_duration", "format_row", "progress_bar"]
 
 log = logging.getLogger(__name__)
+
+#: :class:`PlainProgress` writes no line sooner than this many seconds after its previous line
+#: (or its start), so short evaluations stay silent and long stages report every tenth.
+QUIET_S = 10.0
 
 
 def format_duration(seconds: float) -> str:
@@ -65,7 +70,8 @@ class PlainProgress:
                  logger: logging.Logger | None = None) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self._start = int(initial)
-        self._t0 = time.perf_counter()
+        self._t0 = self._last = time.perf_counter()
+        self._reported = False
         self._next = self._mark_after(self.n)
         self._postfix = ""
         self._log = logger or log
@@ -84,28 +90,31 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.n >= self._next and (self.total is None or self.n < self.total):
-            self._report()
             self._next = self._mark_after(self.n)
+            if time.perf_counter() - self._last >= QUIET_S:
+                self._report()
 
     def _report(self) -> None:
         done = self.n - self._start
         elapsed = time.perf_counter() - self._t0
+        units = self.unit + ("es" if self.unit.endswith(("ch", "s", "sh", "x")) else "s")
         text = f"{self.desc}: {self.n}"
-        if self.total:
-            text += f"/{self.total} {self.unit}s ({100 * self.n / self.total:.0f} %)"
-        else:
-            text += f" {self.unit}s"
+        text += f"/{self.total} {units} ({100 * self.n / self.total:.0f} %)" if self.total else f" {units}"
         if done > 0:
             per = elapsed / done
             text += f", {per:.3g} s/{self.unit}"
-            if self.total:
+            if self.total and self.n < self.total:
                 text += f", about {format_duration(per * (self.total - self.n))} left"
+            elif self.total:
+                text += f", {format_duration(elapsed)} in all"
         if self._postfix:
             text += f"; {self._postfix}"
         self._log.info("%s", text)
+        self._last, self._reported = time.perf_counter(), True
 
     def close(self) -> None:
-        if not self._closed and self.n > self._start:
+        # The closing line only completes a series: work that never reported stays silent.
+        if not self._closed and self.n > self._start and self._reported:
             self._report()
         self._closed = True
 
