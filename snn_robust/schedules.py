@@ -11,7 +11,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["EpsSchedule"]
+__all__ = ["EPS_SHAPES", "EpsSchedule"]
+
+#: Ramp shapes: ``"linear"`` (the paper) and ``"smooth"`` (smoothstep, zero slope at both ends).
+EPS_SHAPES = ("linear", "smooth")
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -39,7 +42,11 @@ class EpsSchedule:
         \end{cases}
 
     with ``eps_0 = start_eps``, ``eps_1 = final_eps``, ``k_0 = start_step`` and
-    ``R = ramp_steps``. The ramp's first iteration uses ``start_eps`` and ``final_eps`` is
+    ``R = ramp_steps``. With ``shape="smooth"`` the ramp fraction ``u = (k - k_0) / R`` is
+    replaced by the smoothstep ``3u^2 - 2u^3``: eps grows slowly at first, when the bounds of
+    a naturally trained network are loosest, and lands on ``final_eps`` without a kink (the
+    smoothed ramps of CROWN-IBP and of Shi et al. 2021 serve the same purpose). The ramp's
+    first iteration uses ``start_eps`` and ``final_eps`` is
     first used at iteration ``k_0 + R`` (with ``ramp_steps=0``, from ``k_0`` on). The hold
     phase covers iterations ``k_0 + R .. k_0 + R + hold_steps - 1``; :attr:`total_steps`
     is the end of the hold, and later iterations keep ``final_eps``.
@@ -55,8 +62,11 @@ class EpsSchedule:
     hold_steps: int = 0
     start_step: int = 0
     start_eps: float = 0.0
+    shape: str = "linear"
 
     def __post_init__(self) -> None:
+        if self.shape not in EPS_SHAPES:
+            raise ValueError(f"EpsSchedule: shape must be one of {EPS_SHAPES}, got {self.shape!r}")
         object.__setattr__(self, "final_eps", _check_eps("final_eps", self.final_eps))
         object.__setattr__(self, "start_eps", _check_eps("start_eps", self.start_eps))
         _check_int("ramp_steps", self.ramp_steps)
@@ -72,6 +82,7 @@ class EpsSchedule:
         steps_per_epoch: int,
         start_epoch: float = 0.0,
         start_eps: float = 0.0,
+        shape: str = "linear",
     ) -> "EpsSchedule":
         """A schedule given in (possibly fractional) epochs, rounded to whole iterations."""
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
@@ -85,6 +96,7 @@ class EpsSchedule:
             hold_steps=int(round(hold_epochs * steps_per_epoch)),
             start_step=int(round(start_epoch * steps_per_epoch)),
             start_eps=start_eps,
+            shape=shape,
         )
 
     @property
@@ -100,7 +112,10 @@ class EpsSchedule:
         done = step - self.start_step
         if done >= self.ramp_steps:
             return self.final_eps
-        return self.start_eps + (self.final_eps - self.start_eps) * (done / self.ramp_steps)
+        u = done / self.ramp_steps
+        if self.shape == "smooth":
+            u = u * u * (3.0 - 2.0 * u)
+        return self.start_eps + (self.final_eps - self.start_eps) * u
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

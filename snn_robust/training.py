@@ -59,7 +59,7 @@ from .fileio import DamagedFileError, load_checked, remove_stale_temporaries, sa
 from .loss import bound_logits
 from .network import SpikingNetwork
 from .perturbations import Perturbation
-from .schedules import EpsSchedule
+from .schedules import EPS_SHAPES, EpsSchedule
 
 __all__ = [
     "CLEAN_LOSSES",
@@ -91,6 +91,9 @@ init seeds 0 / 1): scale 1 (authors' code) 90.6 / 89.9 % test accuracy, 5: 95.2 
 10: 94.8 / 94.5 %, 20: 82.8 % (too sharp, unstable; seed 0 only), ``"mse"`` against
 one-hot: 85.9 % (seed 0 only)."""
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("step", "cosine")
+"""``TrainConfig.lr_schedule`` values: ``"step"`` (the paper's per-epoch milestones) and
+``"cosine"`` (per-iteration warm-up + cosine decay to 0; see :func:`lr_factor`)."""
 CHECKPOINT_NAME = "last.pt"
 #: The checkpoint before ``last.pt``, kept so that a damaged newest one costs one interval.
 PREVIOUS_CHECKPOINT_NAME = "previous.pt"
@@ -283,6 +286,11 @@ class RobustTrainingStep(TrainingStep):
         bound_steps: T' of the bounds (paper: 3), independent of T.
         method: the training bound, one of :data:`snn_robust.METHODS`.
         clean_weight, bound_weight: the loss weights (paper: 0.4, 0.6).
+        clean_weight_start: the kappa schedule of CROWN-IBP (Zhang et al. 2020): the clean
+            weight moves linearly from this value to ``clean_weight`` along the eps ramp
+            (fraction ``u = eps(k) / final_eps``) and the bound weight is
+            ``clean_weight + bound_weight - clean weight``, so the sum stays fixed; ``None``:
+            constant weights (the paper).
         bound_scale: factor on the bound logits (paper: 1).
         clean_loss: see :class:`CleanLoss`.
         clip_norm: gradient-norm clip (paper: 0.25; ``None``: none).
@@ -307,6 +315,7 @@ class RobustTrainingStep(TrainingStep):
         bound_scale: float = 1.0,
         clean_loss: CleanLoss = CleanLoss(),
         clip_norm: float | None = 0.25,
+        clean_weight_start: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(perturbation, steps=steps, clean_loss=clean_loss, clip_norm=clip_norm, generator=generator)
@@ -320,6 +329,12 @@ class RobustTrainingStep(TrainingStep):
         self.method = method
         self.clean_weight = _check_weight("clean_weight", clean_weight)
         self.bound_weight = _check_weight("bound_weight", bound_weight)
+        if clean_weight_start is not None:
+            clean_weight_start = _check_weight("clean_weight_start", clean_weight_start)
+            if clean_weight_start > self.clean_weight + self.bound_weight:
+                raise ValueError(f"clean_weight_start ({clean_weight_start}) must be <= clean_weight + bound_weight "
+                                 f"({self.clean_weight + self.bound_weight}), the fixed sum of the two weights")
+        self.clean_weight_start = clean_weight_start
         bound_scale = float(bound_scale)
         if not (bound_scale > 0 and math.isfinite(bound_scale)):
             raise ValueError(f"bound_scale must be a positive number, got {bound_scale!r}")
@@ -339,7 +354,16 @@ class RobustTrainingStep(TrainingStep):
         metrics["bound_loss"] = bound.detach()
         metrics["verified"] = (margins.detach() > 0).all(dim=1).float().mean()
         metrics["eps"] = eps
-        return self.clean_weight * clean + self.bound_weight * bound, metrics
+        return self._weights(eps)[0] * clean + self._weights(eps)[1] * bound, metrics
+
+    def _weights(self, eps: float) -> tuple[float, float]:
+        """(clean, bound) loss weights at this eps (the kappa schedule, see the class doc)."""
+        if self.clean_weight_start is None:
+            return self.clean_weight, self.bound_weight
+        final = self.eps_schedule.final_eps
+        u = min(1.0, eps / final) if final > 0 else 1.0
+        clean = self.clean_weight_start + (self.clean_weight - self.clean_weight_start) * u
+        return clean, self.clean_weight + self.bound_weight - clean
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "eps_schedule": self.eps_schedule.state_dict()}
@@ -482,13 +506,20 @@ class TrainConfig:
         steps: T of the clean forward pass (paper: 10).
         optimizer, lr, momentum, weight_decay: ``"sgd"`` (with momentum) or ``"adam"``.
         lr_milestones, lr_gamma: multiply lr by ``lr_gamma`` at these epochs (paper
-            natural: lr 0.01 -> 0.001 at epoch 55).
+            natural: lr 0.01 -> 0.001 at epoch 55); used by ``lr_schedule="step"``.
+        lr_schedule: ``"step"`` (the milestones above, stepped per epoch) or ``"cosine"``
+            (per iteration: linear warm-up from 0 over ``warmup_epochs``, then
+            ``lr * (1 + cos(pi * k / K)) / 2`` down to 0 at the run's last iteration; a
+            one-cycle schedule, which short budgets favour, see :data:`LR_SCHEDULES`).
         clip_norm: gradient-norm clip, ``None`` for none (paper robust: 0.25).
         clean_loss, clean_scale: see :class:`CleanLoss`.
         robust: train with the certified loss (else natural BPTT).
-        eps: final eps; ramp_epochs / hold_epochs / eps_start_epoch: the :class:`EpsSchedule`.
+        eps: the eps to certify; training ramps to ``eps * train_eps_factor`` (ANN practice
+            trains at 1.33-2x the certified eps); ramp_epochs / hold_epochs /
+            eps_start_epoch / eps_shape: the :class:`EpsSchedule`.
         bound_steps: T' of the bounds (paper: 3); method: the training bound.
-        clean_weight, bound_weight, bound_scale: see :class:`RobustTrainingStep`.
+        clean_weight, bound_weight, clean_weight_start, bound_scale: see
+            :class:`RobustTrainingStep`.
         seed: seeds the data order (per epoch) and the coding / bound-sampling generator.
         shuffle, drop_last: data order options.
     """
@@ -502,6 +533,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_milestones: tuple[int, ...] = (55,)
     lr_gamma: float = 0.1
+    lr_schedule: Literal["step", "cosine"] = "step"
+    warmup_epochs: float = 0.0
     clip_norm: float | None = None
     clean_loss: Literal["ce", "mse"] = "ce"
     clean_scale: float = DEFAULT_CE_SCALE
@@ -510,10 +543,13 @@ class TrainConfig:
     ramp_epochs: float = 250.0
     hold_epochs: float = 50.0
     eps_start_epoch: float = 0.0
+    train_eps_factor: float = 1.0
+    eps_shape: Literal["linear", "smooth"] = "linear"
     bound_steps: int = 3
     method: Method = "crown-ibp"
     clean_weight: float = 0.4
     bound_weight: float = 0.6
+    clean_weight_start: float | None = None
     bound_scale: float = 1.0
     seed: int = 0
     shuffle: bool = True
@@ -525,13 +561,19 @@ class TrainConfig:
         _check_positive_int("batch_size", self.batch_size)
         _check_positive_int("steps", self.steps)
         _check_positive_int("bound_steps", self.bound_steps)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.eps_shape not in EPS_SHAPES:
+            raise ValueError(f"eps_shape must be one of {EPS_SHAPES}, got {self.eps_shape!r}")
+        if self.clean_weight_start is not None:
+            _check_weight("clean_weight_start", self.clean_weight_start)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "eps", "clean_weight", "bound_weight", "weight_decay", "momentum"):
+        for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps", "clean_weight", "bound_weight", "weight_decay", "momentum"):
             _check_weight(name, getattr(self, name))
         _check_clip(self.clip_norm)
         CleanLoss(self.clean_loss, self.clean_scale)
@@ -577,7 +619,8 @@ class TrainConfig:
         return cls.robust(eps, **{**base, **overrides})
 
     def eps_schedule(self, steps_per_epoch: int) -> EpsSchedule:
-        return EpsSchedule.from_epochs(self.eps, self.ramp_epochs, self.hold_epochs, steps_per_epoch, start_epoch=self.eps_start_epoch)
+        return EpsSchedule.from_epochs(self.eps * self.train_eps_factor, self.ramp_epochs, self.hold_epochs, steps_per_epoch,
+                                       start_epoch=self.eps_start_epoch, shape=self.eps_shape)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -681,6 +724,24 @@ def _make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Op
     if config.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    r"""The ``"cosine"`` learning-rate factor at (0-based) iteration ``step``:
+    ``(step + 1) / W`` during the warm-up (``step < W``), then
+    :math:`\tfrac12 (1 + \cos(\pi (k - W) / (K - W)))` with ``K = total_steps``, reaching 0 at
+    ``k = K`` (and staying 0 after it)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+def _make_lr_scheduler(opt: torch.optim.Optimizer, config: "TrainConfig", per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.lr_schedule == "cosine":
+        total, warm = config.epochs * per_epoch, int(round(config.warmup_epochs * per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, total, warm))
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.lr_milestones), gamma=config.lr_gamma)
 
 
 def _config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -817,11 +878,13 @@ def fit(
             perturbation, config.eps_schedule(per_epoch), steps=config.steps, bound_steps=config.bound_steps,
             method=config.method, clean_weight=config.clean_weight, bound_weight=config.bound_weight,
             bound_scale=config.bound_scale, clean_loss=clean_loss, clip_norm=config.clip_norm, generator=generator,
+            clean_weight_start=config.clean_weight_start,
         )
     else:
         step_fn = TrainingStep(perturbation, steps=config.steps, clean_loss=clean_loss, clip_norm=config.clip_norm, generator=generator)
     opt = optimizer if optimizer is not None else _make_optimizer(net, config)
-    lr_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.lr_milestones), gamma=config.lr_gamma)
+    lr_sched = _make_lr_scheduler(opt, config, per_epoch)
+    per_step_lr = config.lr_schedule == "cosine"
 
     epoch, batch, step, elapsed = 0, 0, 0, 0.0
     history: dict[str, list[dict[str, Any]]] = {"epochs": [], "steps": []}
@@ -906,6 +969,8 @@ def fit(
                     x, y = batch_transform(x, y)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 metrics = step_fn(net, opt, x, y)
+                if per_step_lr:
+                    lr_sched.step()
                 batch += 1
                 step += 1
                 epoch_mean.add(metrics, len(y))
@@ -936,7 +1001,8 @@ def fit(
             if epoch_log is not None:
                 epoch_log.append(row)
             log.info("%s", format_row(row, config.epochs, "robust" if config.robust else "natural"))
-            lr_sched.step()
+            if not per_step_lr:
+                lr_sched.step()
             epoch, batch = epoch + 1, 0
             epoch_mean = _Mean()
             save()
