@@ -20,7 +20,9 @@ import io
 import logging
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +60,12 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
@@ -78,6 +86,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
+        # mkstemp creates the file private (0600); give it the mode a plain open() would
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -135,10 +146,14 @@ def save_checked(obj: Any, path: str | os.PathLike[str], *,
 
 def _load_plain(source: Any, name: Path, map_location: Any) -> Any:
     try:
-        return torch.load(source, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files: the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        # name what was refused, not torch's advice on allow-listing it
+        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(exc))
+        detail = found.group(0) if found else ""
         raise DamagedFileError(
             f"{name} holds Python objects other than tensors, numbers, strings and plain containers"
             f"{f' ({detail})' if detail else ''}; it was refused without running anything from it "
