@@ -397,7 +397,7 @@ class RecipeRun:
         plus ``stage.json`` beside it."""
         marker = result_file.parent / "stage.json" if model else result_file
         if result_file.exists() and marker.exists():
-            info = json.loads(marker.read_text())
+            info = _read_json(marker, f"delete it to redo stage {name}")
             if name not in self.stages:  # a stage that ran in this invocation stays "ran"
                 self.stages[name] = {"status": "cached", "wall_s": info.get("wall_s"), "file": str(result_file)}
                 if "training_s" in info:
@@ -602,7 +602,7 @@ class RecipeRun:
         cfg = self.config()
         path = self.c.out / "config.json"
         if path.exists():
-            saved = json.loads(path.read_text()).get("config")
+            saved = _read_json(path, "delete it (the stages' files are kept) or use another --out folder").get("config")
             if _comparable(saved) != _comparable(json.loads(json.dumps(cfg))):
                 raise RecipeConfigError(
                     f"{self.c.out} holds a run with a different configuration (recipe, profile or seed); "
@@ -688,6 +688,18 @@ def _comparable(cfg: Any) -> Any:
     if isinstance(out.get("profile"), dict):
         out["profile"].pop("reductions", None)
     return out
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from a run folder; a damaged file is a ``DamagedFileError`` saying ``fix``
+    (files are written atomically, so damage comes from outside the pipeline)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedFileError(f"{path} is damaged ({exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise DamagedFileError(f"{path} is damaged (not a JSON object); {fix}")
+    return obj
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .bounds.api import METHODS, Method, compute_bounds
-from .fileio import DamagedFileError, load_checked, remove_stale_temporaries, save_checked
+from .fileio import DamagedFileError, atomic_write_text, load_checked, remove_stale_temporaries, save_checked
 from .loss import bound_logits
 from .network import SpikingNetwork
 from .perturbations import Perturbation
@@ -573,7 +573,7 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps", "clean_weight", "bound_weight", "weight_decay", "momentum"):
+        for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps", "clean_weight", "bound_weight", "weight_decay", "momentum", "lr_gamma"):
             _check_weight(name, getattr(self, name))
         _check_clip(self.clip_norm)
         CleanLoss(self.clean_loss, self.clean_scale)
@@ -915,7 +915,7 @@ def fit(
     epoch_log = steps_log = None
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
-        (run_path / "config.json").write_text(json.dumps(
+        atomic_write_text(run_path / "config.json", json.dumps(
             {"config": config.to_dict(), "perturbation": repr(perturbation), "network": repr(net), "environment": _environment()},
             indent=2))
         epoch_log = _MetricsLog(run_path, "metrics")

@@ -273,3 +273,17 @@ def test_library_resume_from_a_hostile_checkpoint_is_a_checkpoint_error(tmp_path
     with pytest.raises(CheckpointError, match="refused without running anything"):
         run(tmp_path, resume=True)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "natural/stage.json"])
+def test_a_damaged_run_record_in_a_recipe_folder_is_one_line(tmp_path, root, model_file, capsys, name):
+    out = tmp_path / "run"
+    (out / "natural").mkdir(parents=True)
+    (out / "natural" / "model.pt").write_bytes(model_file.read_bytes())
+    (out / "natural" / "stage.json").write_text(json.dumps({"stage": "natural", "wall_s": 1.0}))
+    (out / name).write_text('{"config": {"recipe": ')  # cut off mid-write by something else
+    argv = ["-q", "recipe", "mnist-fc", "--profile", "smoke", "--out", str(out), "--data-root", str(root),
+            "--no-verify-data", "--device", "cpu"]
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys)
+    assert name.split("/")[-1] in line and "is damaged" in line and "delete it" in line
