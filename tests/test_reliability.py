@@ -287,3 +287,71 @@ def test_a_damaged_run_record_in_a_recipe_folder_is_one_line(tmp_path, root, mod
     assert cli.main(argv) == 2
     line = one_error_line(capsys)
     assert name.split("/")[-1] in line and "is damaged" in line and "delete it" in line
+
+
+# -- 4. N-MNIST recordings are verified ----------------------------------------------------------
+def test_the_shipped_nmnist_table_is_intact():
+    from snn_robust import nmnist_manifest
+
+    assert hashlib.sha256(nmnist_manifest._TABLE.encode()).hexdigest() == nmnist_manifest.TABLE_SHA256
+    assert len(nmnist_manifest.RECORDINGS) == 1100
+    assert sum(k.startswith("Test/") for k in nmnist_manifest.RECORDINGS) == 100
+    assert all(size % 5 == 0 and len(sha) == 64 for size, sha in nmnist_manifest.RECORDINGS.values())
+
+
+@pytest.fixture
+def known_recording(tmp_path, write_nmnist_bin, monkeypatch):
+    """A fixture recording registered as a known one (its size and SHA-256 in the table)."""
+    from snn_robust import data
+
+    path = write_nmnist_bin(tmp_path / "NMNIST" / "Train" / "7" / "00042.bin",
+                            [(x, (3 * x) % 34, 1000 * x, x % 2) for x in range(30)])
+    content = path.read_bytes()
+    monkeypatch.setattr(data, "_known_recordings",
+                        lambda: {"Train/7/00042.bin": (len(content), hashlib.sha256(content).hexdigest())})
+    return path
+
+
+def test_fetch_nmnist_verifies_known_recordings_and_refuses_a_damaged_one(tmp_path, known_recording, write_nmnist_bin,
+                                                                          capsys):
+    write_nmnist_bin(tmp_path / "NMNIST" / "Test" / "1" / "7.bin", [(1, 1, 0, 0), (2, 2, 10, 1)])
+    assert cli.main(["data", "fetch", "nmnist", "--data-root", str(tmp_path)]) == 0
+    assert "1 SHA-256 verified, 1 checked for format only" in capsys.readouterr().out
+    good = known_recording.read_bytes()
+    for damaged in (good[:10] + bytes([good[10] ^ 0x01]) + good[11:],  # one flipped bit, same size
+                    good[:-5],  # a whole event missing: still a multiple of 5 bytes
+                    good + good[:5]):
+        known_recording.write_bytes(damaged)
+        assert cli.main(["data", "fetch", "nmnist", "--data-root", str(tmp_path)]) == 2
+        line = one_error_line(capsys)
+        assert "00042.bin is damaged" in line and "Train/7/00042.bin" in line
+
+
+def test_nmnist_frames_check_each_recording_when_read(known_recording):
+    from snn_robust import data
+
+    folder = known_recording.parent.parent.parent
+    assert data.NMNISTFrames(folder, train=True, steps=2)[0][1] == 7
+    good = known_recording.read_bytes()
+    known_recording.write_bytes(good[:24] + bytes([good[24] ^ 0x01]) + good[25:])  # one timestamp bit
+    with pytest.raises(data.ChecksumError, match="00042.bin is damaged"):
+        data.NMNISTFrames(folder, train=True, steps=2)[0]
+    assert data.NMNISTFrames(folder, train=True, steps=2, verify=False)[0][1] == 7  # your own files
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "not a whole, non-zero number"),
+    (bytes([1, 1, 0, 0, 5, 2]), "not a whole, non-zero number"),
+    (bytes([40, 1, 0, 0, 5]), "outside the 34x34 sensor"),
+    (bytes([1, 34, 0, 0, 5]), "outside the 34x34 sensor"),
+])
+def test_unknown_nmnist_recordings_get_format_checks(tmp_path, content, needle):
+    from snn_robust import data
+
+    path = tmp_path / "Train" / "3" / "123456.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(data.ChecksumError, match=needle):
+        data.check_nmnist_recording(path, "Train/3/123456.bin")
+    path.write_bytes(bytes([1, 240, 0, 0, 5, 2, 3, 0, 0, 9]))  # an overflow marker (y = 240) is legal
+    assert data.check_nmnist_recording(path, "Train/3/123456.bin") is False
