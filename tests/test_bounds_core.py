@@ -6,6 +6,8 @@ import itertools
 import pytest
 import torch
 from helpers import scale_weights
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import snn_robust as sr
@@ -54,9 +56,9 @@ def test_s_ibp_by_hand_and_by_enumeration(reset, hand_ml, hand_mu):
     reached = torch.stack(reached)
     assert (reached.min(0).values >= ml.flatten() - 1e-6).all()
     assert (reached.max(0).values <= mu.flatten() + 1e-6).all()
-    # step 1 has no history: S-IBP is exact there
-    assert reached[:, 0].min() == pytest.approx(ml.flatten()[0].item(), abs=1e-6)
-    assert reached[:, 0].max() == pytest.approx(mu.flatten()[0].item(), abs=1e-6)
+    # step 1 has no history: S-IBP is exact there, up to its rounding-error widening (~1e-6)
+    assert reached[:, 0].min() == pytest.approx(ml.flatten()[0].item(), abs=1e-5)
+    assert reached[:, 0].max() == pytest.approx(mu.flatten()[0].item(), abs=1e-5)
 
 
 def _random_net(seed: int, reset: str = "zero", firing: str = ">") -> sr.SpikingNetwork:
@@ -96,8 +98,70 @@ def test_best_is_at_least_every_method():
         y = torch.randint(0, 4, (6,), generator=g)
         with torch.no_grad():
             got = {m: sr.compute_bounds(net, lower, upper, y, method=m) for m in sr.METHODS}
-        for m in ("ibp", "crown-ibp", "crown-ibp-adaptive", "crown-ibp-optimized"):
-            assert (got["best"] >= got[m]).all()
+        for m in sr.METHODS:
+            assert (got["best"] >= got[m]).all(), m
+
+
+def _trained_net(seed: int) -> sr.SpikingNetwork:
+    """A small network after a few Adam steps on a random task (clean cross-entropy
+    through the surrogate, then S-IBP certified loss): trained weights rather than
+    random ones."""
+    net = _random_net(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for step in range(30):
+        opt.zero_grad()
+        clean = torch.nn.functional.cross_entropy(net(sr.bernoulli_encode(x, 5, g)) * 5, y)
+        loss = clean if step < 20 else clean + sr.certified_loss(net, x, y, sr.DigitalLinf(0.05), steps=3,
+                                                                 method="ibp", generator=g)
+        loss.backward()
+        opt.step()
+    return net
+
+
+_TRAINED = {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), eps=st.floats(0.0, 0.5), steps=st.integers(1, 5), trained=st.booleans(),
+       reset=st.sampled_from(["zero", "subtract"]), firing=st.sampled_from([">", ">="]))
+def test_crown_ibp_never_looser_than_ibp(seed, eps, steps, trained, reset, firing):
+    """The default ``crown-ibp`` is at least S-IBP on every margin and every rate bound,
+    on random and on (briefly) trained weights, while the paper's relaxation is not."""
+    if trained:
+        key = seed % 3
+        if key not in _TRAINED:
+            _TRAINED[key] = _trained_net(key)
+        net = _TRAINED[key]
+    else:
+        net = _random_net(seed % 1000, reset, firing)
+    g = torch.Generator().manual_seed(seed)
+    lower, upper = sr.DigitalLinf(eps).bounds(torch.rand(8, 16, generator=g), steps, g)
+    y = torch.randint(0, 4, (8,), generator=g)
+    with torch.no_grad():
+        ibp = sr.compute_bounds(net, lower, upper, y, method="ibp")
+        crown = sr.compute_bounds(net, lower, upper, y, method="crown-ibp")
+        assert (crown >= ibp).all(), (crown - ibp).min()
+        (ibp_l, ibp_u), (cr_l, cr_u) = (sr.compute_bounds(net, lower, upper, method=m) for m in ("ibp", "crown-ibp"))
+        assert (cr_l >= ibp_l).all() and (cr_u <= ibp_u).all()
+
+
+def test_paper_relaxation_can_be_looser_than_ibp_and_crown_ibp_is_not():
+    """The reason for the default: the paper's S-CROWN falls below S-IBP on many margins
+    once eps grows; ``crown-ibp`` keeps S-IBP there and is tighter elsewhere."""
+    looser = tighter = 0
+    for seed in range(3):
+        net = _random_net(seed)
+        g = torch.Generator().manual_seed(seed)
+        lower, upper = sr.DigitalLinf(0.2).bounds(torch.rand(32, 16, generator=g), 3, g)
+        y = torch.randint(0, 4, (32,), generator=g)
+        with torch.no_grad():
+            got = {m: sr.compute_bounds(net, lower, upper, y, method=m) for m in ("ibp", "crown-ibp", "crown-ibp-paper")}
+        looser += int((got["crown-ibp-paper"] < got["ibp"]).sum())
+        tighter += int((got["crown-ibp"] > got["ibp"]).sum())
+        assert (got["crown-ibp"] >= torch.maximum(got["ibp"], got["crown-ibp-paper"])).all()
+    assert looser > 10 and tighter > 0
 
 
 def test_rate_bounds_ordered_and_in_unit_interval():

@@ -13,18 +13,22 @@ from ..network import SpikingNetwork
 from .crown import s_crown, s_crown_optimized
 from .ibp import IBPResult, s_ibp
 
+from .rounding import round_to_grid
 __all__ = ["compute_bounds", "margin_spec", "METHODS"]
 
-METHODS = ("ibp", "crown-ibp", "crown-ibp-adaptive", "crown-ibp-optimized", "best")
-"""``ibp``: S-IBP (Eq. 7, 9, 11). ``crown-ibp``: S-CROWN (Eq. 8, 10, Algorithm 2) with
-S-IBP intermediate bounds, the paper's relaxation. ``crown-ibp-adaptive``: the same with
-the reset planes chosen per neuron among the four faces of the reset's convex hull.
-``crown-ibp-optimized``: fire lines and reset planes optimised per neuron within their
-valid families (alpha-CROWN style, 20 projected Adam steps; for certification rather
-than training). ``best``: the elementwise maximum of all four (each is sound, so their
-max is); never looser than the paper's S-IBP or S-CROWN."""
+METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "best")
+"""``ibp``: S-IBP (Eq. 7, 9, 11). ``crown-ibp`` (the default): S-CROWN (Eq. 8, 10,
+Algorithm 2) with S-IBP intermediate bounds, concretised also at every hidden spike layer
+and at the output (where it is S-IBP's bound), the per-row maximum: never looser than
+S-IBP, by construction (see :func:`compute_bounds`). ``crown-ibp-paper``: the paper's
+S-CROWN exactly (its relaxation, concretised at the input only), for reproduction; it can
+be looser than S-IBP. ``crown-ibp-adaptive``: the paper's with the reset planes chosen per
+neuron among the four faces of the reset's convex hull. ``crown-ibp-optimized``: fire
+lines and reset planes optimised per neuron within their valid families (alpha-CROWN
+style, 20 projected Adam steps; for certification rather than training). ``best``: the
+elementwise maximum of all of them (each is sound, so their max is)."""
 
-Method = Literal["ibp", "crown-ibp", "crown-ibp-adaptive", "crown-ibp-optimized", "best"]
+Method = Literal["ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "best"]
 
 
 def margin_spec(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -110,7 +114,7 @@ def compute_bounds(
         spec = torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * C, C)
 
     found = []
-    if method in ("ibp", "best"):
+    if method in ("ibp", "crown-ibp", "best"):
         found.append(_ibp_spec_lower(ibp, spec))
     if method in ("crown-ibp", "best"):
         found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False))
@@ -118,6 +122,30 @@ def compute_bounds(
         found.append(s_crown(network, ibp, lower, upper, spec, adaptive=True))
     if method in ("crown-ibp-optimized", "best"):
         found.append(s_crown_optimized(network, ibp, lower, upper, spec))
+
+    **Floating point.** The membrane intervals hold every float membrane that any forward
+    pass can compute (each widened by its own rounding-error bound,
+    :mod:`~snn_robust.bounds.rounding`), so the bounds hold for our forward, snnTorch's and
+    SpikingJelly's, with ``>`` or ``>=`` firing; with ``lower == upper`` and no membrane
+    within its error bound of the threshold, every method returns the true margins.
+
+    **The grid.** True margins and rates are multiples of ``1/T'``; every bound is rounded
+    outward to that grid, ``ceil((lb - tol) T') / T'`` (:func:`~snn_robust.bounds.rounding.round_to_grid`),
+    so a sample is never certified where a reachable input ties (a margin ``> 0`` is at
+    least ``1/T'``). The rounding is straight-through for gradients: the value is rounded,
+    the gradient is that of the unrounded bound, which certified training needs (a plain
+    ``ceil`` has zero gradient almost everywhere).
+
+    **crown-ibp >= ibp.** The backward pass of S-CROWN keeps, after each layer, a linear
+    bound ``sum_t A_t . s_t[k] + c`` on the specification. Concretised over S-IBP's spike
+    box of layer ``k`` it is a sound bound ``P_k``; at the output (coefficients ``C/T'`` on
+    the output spikes, nothing relaxed yet) ``P_K`` is exactly S-IBP's bound. ``crown-ibp``
+    returns ``max(P_K, P_{K-1}, ..., P_0)`` per row, ``P_0`` the bound at the input, so it is
+    at least S-IBP's bound on every margin. (No choice of the fire relaxation alone can
+    guarantee this: for an unstable neuron the lower line ``(m - th)/(m^u - th)`` is below
+    S-IBP's constant 0 on ``[m^l, th)`` and the upper line above 1 on ``(th, m^u]``, so each
+    line is looser than the interval it replaces, pointwise, and only the backward pass
+    can win it back through cancellations; the maximum keeps the win where there is one.)
     lb = found[0]
     for other in found[1:]:
         lb = torch.maximum(lb, other)
@@ -125,3 +153,6 @@ def compute_bounds(
     if labels is not None:
         return lb
     return lb[:, :C], -lb[:, C:]
+        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False, stops=True))
+    if method == "crown-ibp-paper":
+    lb = round_to_grid(lb, lower.shape[0])

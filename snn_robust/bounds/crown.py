@@ -83,11 +83,23 @@ def _per_neuron(value: Tensor, like: Tensor) -> Tensor:
     return value if value.numel() == 1 else value.expand(like.shape[2:]).flatten()
 
 
+def _error_slack(coef: Tensor, err: Tensor | None) -> Tensor | float:
+    """``sum |coef| * err`` over everything but ``[M, S]`` (``coef`` ``[M, S, Y...]``,
+    ``err`` ``[M, Y...]``): what a linear bound on a float value loses to the value's
+    rounding error (``c . x_float >= c . x_exact - |c| . err``)."""
+    if err is None:
+        return 0.0
+    return torch.bmm(coef.abs().flatten(2), err.flatten(1).unsqueeze(-1)).squeeze(-1)
+
+
 def _stage_backward(
-    stage, membrane, stability, A: Tensor, adaptive: bool, weights: Relaxation | None = None
+    stage, membrane, stability, A: Tensor, adaptive: bool, weights: Relaxation | None = None,
+    charge_err: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Coefficients ``[T, B, S, N]`` on a stage's spikes -> on its spatial input ``sp``
-    (times ``scale``), and the bias ``[B, S]`` collected on the way."""
+    (times ``scale``), and the bias ``[B, S]`` collected on the way. ``charge_err``
+    (``[T, B, N...]``) bounds the rounding of each float membrane against the exact charge
+    ``scale * sp + carry``, and is paid for in the bias."""
     lif = stage.lif
     ml, mu = membrane
     T, B, S = A.shape[:3]
@@ -122,6 +134,8 @@ def _stage_backward(
         bias = bias + _bias(lam_s, pos, f_b[t], at(f_db, t))
         if carry_m is not None:
             lam_m = lam_m + carry_m
+        if charge_err is not None:
+            bias = bias - _dot(lam_m.abs(), charge_err[t].flatten(1))
         lam_sp[t] = lam_m if unit_scale else lam_m * scale
         if t == 0:
             break
@@ -137,6 +151,17 @@ def _stage_backward(
     return torch.stack(lam_sp), bias
 
 
+def _concretize_spikes(A: Tensor, spikes: tuple[Tensor, Tensor]) -> Tensor:
+    """``min`` of ``sum_t A_t . s_t`` (``A`` ``[T, B, S, N]``) over the spike box
+    ``[s^l, s^u]``: ``A . s^l + min(A, 0) . (s^u - s^l)``, ``[B, S]``."""
+    sl, su = spikes
+    T, B = sl.shape[:2]
+    sl, width = sl.reshape(T * B, -1, 1), (su - sl).reshape(T * B, -1, 1)
+    flat = A.reshape(T * B, A.shape[2], -1)
+    value = torch.bmm(flat, sl) + torch.bmm(flat.clamp(max=0), width)
+    return value.reshape(T, B, -1).sum(0)
+
+
 def s_crown(
     network: SpikingNetwork,
     ibp: IBPResult,
@@ -145,23 +170,39 @@ def s_crown(
     spec: Tensor,
     adaptive: bool = False,
     relaxations: list[Relaxation] | None = None,
+    stops: bool = False,
 ) -> Tensor:
     """Lower bounds ``[B, S]`` of ``spec @ rate`` over the input box ``[lower, upper]``.
 
     ``adaptive`` selects, per unstable neuron, the tighter pair of reset planes (see
     :func:`~snn_robust.bounds.relaxations.reset_relaxation`); ``False`` is the paper's
     relaxation exactly. ``relaxations`` (one per stage) overrides both choices.
+
+    ``stops=True`` also concretises the linear bound at every hidden spike layer (the
+    coefficients reached on ``s[k]``, all steps, minimised over S-IBP's spike box) and
+    returns, per row, the maximum of those values and the bound at the input. Every one
+    of them is a sound bound (S-IBP's spike box holds every reachable spike train), so
+    their maximum is; it costs one product per layer, and it keeps what the last layers'
+    relaxations gained when the earlier layers' relaxations would lose it again.
+
+    Floating point: every float membrane and float spatial output differs from the exact
+    expression the backward pass substitutes for it by at most its error bound
+    (``ibp.charge_errors``, ``ibp.op_errors``), so each substitution pays
+    ``|coefficient| . error`` in the bias.
     """
     T, B = lower.shape[:2]
     S = spec.shape[1]
     n_out = ibp.spikes[-1][0][0, 0].numel()
     A = (spec / T).reshape(B, S, n_out).unsqueeze(0).expand(T, B, S, n_out)
     bias = spec.new_zeros(B, S)
+    best: Tensor | None = None
+    charge_errs = ibp.charge_errors or [None] * len(network.stages)
+    op_errs = ibp.op_errors or [[None] * len(st.ops) for st in network.stages]
 
     for k in reversed(range(len(network.stages))):
         stage = network.stages[k]
         weights = relaxations[k] if relaxations is not None else None
-        A, b = _stage_backward(stage, ibp.membrane[k], ibp.stability[k], A, adaptive, weights)
+        A, b = _stage_backward(stage, ibp.membrane[k], ibp.stability[k], A, adaptive, weights, charge_errs[k])
         bias = bias + b
         ops, boxes = stage.ops, ibp.op_inputs[k]
         # the first stage stops at its first non-reshaping layer and concretises there
@@ -172,17 +213,28 @@ def s_crown(
         sp_shape = ibp.membrane[k][0].shape[2:]
         flat = A.reshape(T * B, S, *sp_shape)
         for i in reversed(range(first + 1 if k == 0 and first < len(ops) else 0, len(ops))):
+            bias = bias - _fold_steps(_error_slack(flat, op_errs[k][i]), T, B, S)
             flat, b = ops[i].backward(flat, *boxes[i])
             bias = bias + b.reshape(T, B, S).sum(0)
         if k == 0 and first < len(ops):
-            value = ops[first].concretize(flat, *boxes[first])
-            return value.reshape(T, B, S).sum(0) + bias
+            bias = bias - _fold_steps(_error_slack(flat, op_errs[k][first]), T, B, S)
+            value = ops[first].concretize(flat, *boxes[first]).reshape(T, B, S).sum(0) + bias
+            return value if best is None else torch.maximum(best, value)
         A = flat.reshape(T, B, S, -1)
+        if stops and k > 0:
+            here = _concretize_spikes(A, ibp.spikes[k - 1]) + bias
+            best = here if best is None else torch.maximum(best, here)
 
     mid = ((upper + lower) / 2).reshape(T, B, 1, -1)
     rad = ((upper - lower) / 2).reshape(T, B, 1, -1)
     value = (A * mid).sum(-1) - (A.abs() * rad).sum(-1)
-    return value.sum(0) + bias
+    value = value.sum(0) + bias
+    return value if best is None else torch.maximum(best, value)
+
+
+def _fold_steps(x: Tensor | float, T: int, B: int, S: int) -> Tensor | float:
+    """``[T * B, S]`` -> summed over the steps, ``[B, S]``."""
+    return x if isinstance(x, float) else x.reshape(T, B, S).sum(0)
 
 
 def s_crown_optimized(
@@ -205,7 +257,8 @@ def s_crown_optimized(
     to the network's parameters (the weights themselves are constants there).
     """
     frozen = IBPResult(
-        ibp.op_inputs, [(l.detach(), u.detach()) for l, u in ibp.membrane], ibp.stability, ibp.spikes
+        ibp.op_inputs, [(l.detach(), u.detach()) for l, u in ibp.membrane], ibp.stability, ibp.spikes,
+        ibp.op_errors, ibp.charge_errors,
     )
     params = []
     for k, stage in enumerate(network.stages):

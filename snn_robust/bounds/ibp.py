@@ -6,10 +6,15 @@ neuron shape.
 Per stage (the spatial layers in front of one LIF layer, then that layer):
 
 * spatial update, Eq. 11: the interval of ``sp_t`` from the input spikes' interval,
-  all steps at once (the layers are stateless, so time folds into the batch);
-* charge: ``m_t in scale * [sp^l_t, sp^u_t] + [c^l_{t-1}, c^u_{t-1}]``;
-* fire, Eq. 7: ``s^l_t = fire(m^l_t - th)``, ``s^u_t = fire(m^u_t - th)`` (through the
-  surrogate, so the bounds are differentiable for training);
+  all steps at once (the layers are stateless, so time folds into the batch), each
+  layer's interval widened by its own floating-point error bound;
+* charge: ``m_t in scale * [sp^l_t, sp^u_t] + [c^l_{t-1}, c^u_{t-1}]``, widened by the
+  charge's error bound, so that ``[m^l_t, m^u_t]`` holds every float membrane that any
+  forward pass (ours, snnTorch's, SpikingJelly's) computes for an input in the box
+  (:mod:`~snn_robust.bounds.rounding`);
+* fire, Eq. 7: ``s^l_t = [m^l_t > th]``, ``s^u_t = [m^u_t >= th]`` (through the
+  surrogate, so the bounds are differentiable for training): exact for ``>`` and ``>=``
+  firing, since the interval already contains every float membrane;
 * reset, Eq. 9 (hard) or the exact soft-reset range: the carry interval.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from ..neuron import spike
 from .relaxations import Stability, reset_interval, soft_reset_interval, stability
+from .rounding import charge_error, unit_roundoff
 
 __all__ = ["IBPResult", "s_ibp"]
 
@@ -34,6 +40,9 @@ class IBPResult:
     membrane: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [T, B, N...]
     stability: list[Stability] = field(default_factory=list)  # over [T, B, N...]
     spikes: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [T, B, N...]
+    # floating-point error bounds (no gradient): per op output [M, Y...] (None: exact), per charge [T, B, N...]
+    op_errors: list[list[Tensor | None]] = field(default_factory=list)
+    charge_errors: list[Tensor] = field(default_factory=list)
 
     def rates(self) -> tuple[Tensor, Tensor]:
         """Bounds ``[B, C]`` on the output rates (mean output spikes over the steps)."""
@@ -48,27 +57,42 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
     for stage in network.stages:
         T, B = l.shape[:2]
         fl, fu = l.reshape(T * B, *l.shape[2:]), u.reshape(T * B, *u.shape[2:])
-        inputs = []
+        inputs, errors = [], []
         for op in stage.ops:
             inputs.append((fl, fu))
+            err = op.rounding_error(fl, fu)
             fl, fu = op.interval(fl, fu)
+            if err is not None:
+                fl, fu = fl - err, fu + err
+            errors.append(err)
         spl, spu = fl.reshape(T, B, *fl.shape[1:]), fu.reshape(T, B, *fu.shape[1:])
 
         lif = stage.lif
         alpha, th, scale = lif.alpha, lif.threshold, lif.input_scale
         kappa = lif.kappa
+        u = unit_roundoff(spl.dtype, spl.device)
+        with torch.no_grad():
+            sp_abs = torch.maximum(spl.abs(), spu.abs())
+            a_d, s_d = alpha.detach(), scale.detach()
+            soft_v = (th.detach() if lif.reset == "subtract" else 0.0)
         cl = cu = torch.zeros_like(spl[0])
-        mls, mus = [], []
+        v_abs = torch.zeros_like(sp_abs[0])
+        mls, mus, errs = [], [], []
         for t in range(T):
-            ml, mu = scale * spl[t] + cl, scale * spu[t] + cu
+            with torch.no_grad():
+                err = charge_error(sp_abs[t], v_abs, a_d, s_d, u)
+            ml, mu = scale * spl[t] + cl - err, scale * spu[t] + cu + err
             st = stability(ml, mu, th)
             if lif.reset == "zero":
                 zl, zu = reset_interval(ml, mu, st)
                 cl, cu = alpha * zl, alpha * zu
             else:
                 cl, cu = soft_reset_interval(ml, mu, st, alpha, kappa, th)
+            with torch.no_grad():  # |v|, the membrane after this step's reset, for the next charge
+                v_abs = torch.maximum(ml.abs(), mu.abs()) + soft_v
             mls.append(ml)
             mus.append(mu)
+            errs.append(err.expand_as(ml))
         ml, mu = torch.stack(mls), torch.stack(mus)
         st = stability(ml, mu, th)
         # s^u = 0 iff surely silent (mu < th_lo); s^l = 1 iff surely firing (ml > th_hi).
@@ -79,5 +103,7 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
         result.membrane.append((ml, mu))
         result.stability.append(st)
         result.spikes.append((sl, su))
+        result.op_errors.append(errors)
+        result.charge_errors.append(torch.stack(errs))
         l, u = sl, su
     return result

@@ -9,11 +9,13 @@ a soft one. Each relaxation holds for every ``m`` in ``[ml, mu]``.
 
 **Where the threshold is.** ``>`` firing fires on ``m > th`` and is silent at ``m == th``;
 ``>=`` fires at ``m == th``. Both are handled by one rule: a neuron is *stable* only when
-its whole interval clears a band ``[th - tol, th + tol]``; every neuron whose interval
-meets the band is treated as unstable, with a step anywhere in the band. This is exact
-for either comparison at ``m == th`` (the band contains it) and also absorbs the
-floating-point difference between the bound arithmetic and a framework's own forward
-pass (a sum in another order can move ``m`` across ``th`` by a few ulps).
+its whole interval lies strictly on one side of ``th`` (``ml > th``: fires under both
+comparisons; ``mu < th``: silent under both); an interval that touches or straddles ``th``
+is unstable, with the step anywhere in it. There is no fixed band around the threshold:
+the membrane intervals given here already contain every floating-point membrane that a
+forward pass can compute, in any summation order (S-IBP widens each one by its own
+rounding-error bound, see :mod:`snn_robust.bounds.rounding`), so the comparison with
+``th`` is exact.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "DEFAULT_TOL",
     "Stability",
     "stability",
     "FireRelaxation",
@@ -35,12 +36,10 @@ __all__ = [
     "soft_reset_interval",
 ]
 
-DEFAULT_TOL = 1e-5
-"""Half-width of the threshold band, relative to ``max(1, |th|)``."""
-
-
 class Stability(NamedTuple):
-    """Masks over the neurons: surely firing, surely silent, or unstable."""
+    """Masks over the neurons: surely firing, surely silent, or unstable. ``th_lo`` and
+    ``th_hi`` are the ends of the set where the step may lie (both ``th``: the membrane
+    intervals carry the floating-point error themselves)."""
 
     fires: Tensor
     silent: Tensor
@@ -49,17 +48,15 @@ class Stability(NamedTuple):
     th_hi: Tensor
 
 
-def stability(ml: Tensor, mu: Tensor, th: Tensor, tol: float = DEFAULT_TOL) -> Stability:
-    """Classify neurons by their membrane interval ``[ml, mu]`` against ``th``.
-
-    ``fires`` iff ``ml > th + tol'``, ``silent`` iff ``mu < th - tol'`` with
-    ``tol' = tol * max(1, |th|)``; both comparisons (``>``, ``>=``) agree on these.
-    """
-    band = tol * torch.clamp(th.abs(), min=1.0)
-    th_lo, th_hi = th - band, th + band
-    fires = ml > th_hi
-    silent = mu < th_lo
-    return Stability(fires, silent, ~(fires | silent), th_lo, th_hi)
+def stability(ml: Tensor, mu: Tensor, th: Tensor) -> Stability:
+    """Classify neurons by their membrane interval ``[ml, mu]`` against ``th``:
+    ``fires`` iff ``ml > th``, ``silent`` iff ``mu < th``, otherwise unstable (the
+    interval touches or straddles ``th``); ``>`` and ``>=`` firing agree on the stable
+    ones. ``[ml, mu]`` must already contain every floating-point membrane value (see the
+    module docstring)."""
+    fires = ml > th
+    silent = mu < th
+    return Stability(fires, silent, ~(fires | silent), th, th)
 
 
 def fire_interval(st: Stability) -> tuple[Tensor, Tensor]:
@@ -95,12 +92,12 @@ def fire_relaxation(
     between each bound and the step (either bound's area criterion reduces to the same
     comparison). ``lower_weight`` / ``upper_weight`` (in ``[0, 1]``, per neuron) pick any
     other member of the two families (optimised slopes, as in alpha-CROWN [35]). A line
-    whose denominator would be zero (the interval sits inside the band) is never used.
+    whose denominator would be zero (the interval ends at ``th``) is never used.
     """
     zero = torch.zeros_like(ml)
     one = torch.ones_like(ml)
-    a = mu - st.th_hi  # room above the band
-    b = st.th_lo - ml  # room below the band
+    a = mu - st.th_hi  # room above the threshold
+    b = st.th_lo - ml  # room below the threshold
     lower_ok = st.unstable & (a > 0)
     upper_ok = st.unstable & (b > 0)
     if lower_weight is None or upper_weight is None:

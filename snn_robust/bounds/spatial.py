@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
+from .rounding import accumulation_error, unit_roundoff
 
 __all__ = ["BoundOp", "BoundLinear", "BoundConv2d", "BoundAvgPool2d", "BoundMaxPool2d", "BoundFlatten", "bound_op"]
 
@@ -46,6 +47,15 @@ class BoundOp:
 
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} ({self.name}) has no backward bound")
+
+    def rounding_error(self, l: Tensor, u: Tensor) -> Tensor | None:
+        """A bound (``[M, Y...]``, no gradient) on how far any floating-point evaluation
+        of this layer on an input in ``[l, u]``, in any summation order, and the interval
+        :meth:`interval` computed for it, can lie from the exact values
+        (:mod:`~snn_robust.bounds.rounding`); S-IBP widens the interval by it. ``None``:
+        the layer is exact in floating point (reshaping, max pooling). A layer that
+        rounds must override this."""
+        return None
 
     def concretize(self, A: Tensor, l: Tensor, u: Tensor) -> Tensor:
         """``min over x in [l, u]`` of the linear bound ``A . op(x)`` (``[M, S]``), for the
@@ -70,6 +80,22 @@ class _AffineOp(BoundOp):
     def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:  # A f, [M*S, X...]
         raise NotImplementedError
 
+    def abs_bias(self, like: Tensor) -> Tensor | float:  # |b| broadcast against the output
+        return 0.0
+
+    def terms(self, nonzero: Tensor) -> Tensor | int:  # summed terms per output (bias included)
+        raise NotImplementedError
+
+    def rounding_error(self, l: Tensor, u: Tensor) -> Tensor:
+        """``2 gamma_{n+4} (|W| max(|l|, |u|) + |b|)`` with ``n`` the inputs of each output
+        that can be nonzero (:func:`~snn_robust.bounds.rounding.accumulation_error`)."""
+        with torch.no_grad():
+            x = torch.maximum(l.abs(), u.abs())
+            magnitude = self.abs_linear(x)
+            magnitude = magnitude + self.abs_bias(magnitude)
+            n = self.terms((x != 0).to(x.dtype))
+            return accumulation_error(magnitude, n, unit_roundoff(x.dtype, x.device))
+
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         mid, rad = (u + l) / 2, (u - l) / 2
         centre = self.module(mid)
@@ -85,6 +111,14 @@ class _AffineOp(BoundOp):
 class BoundLinear(_AffineOp):
     def abs_linear(self, x: Tensor) -> Tensor:
         return F.linear(x, self.module.weight.abs())
+
+    def abs_bias(self, like: Tensor) -> Tensor | float:
+        b = self.module.bias
+        return 0.0 if b is None else b.detach().abs()
+
+    def terms(self, nonzero: Tensor) -> Tensor:
+        n = nonzero.sum(-1, keepdim=True).clamp(max=self.module.in_features)
+        return n + (self.module.bias is not None)
 
     def bias_term(self, A: Tensor) -> Tensor:
         b = self.module.bias
@@ -134,6 +168,18 @@ class BoundConv2d(_AffineOp):
         c = self.module
         return F.conv2d(x, c.weight.abs(), None, c.stride, c.padding, c.dilation, c.groups)
 
+    def abs_bias(self, like: Tensor) -> Tensor | float:
+        b = self.module.bias
+        return 0.0 if b is None else b.detach().abs().reshape(-1, 1, 1)
+
+    def terms(self, nonzero: Tensor) -> Tensor:
+        """Nonzero inputs in each output's window, over all input channels (an upper
+        bound for grouped convolutions), at most the fan-in."""
+        c = self.module
+        window = nonzero.new_ones(1, 1, *c.kernel_size)
+        n = F.conv2d(nonzero.sum(1, keepdim=True), window, None, c.stride, c.padding, c.dilation)
+        return n.clamp(max=c.weight[0].numel()) + (c.bias is not None)
+
     def bias_term(self, A: Tensor) -> Tensor:
         b = self.module.bias
         return A.new_zeros(A.shape[:2]) if b is None else A.sum((-2, -1)) @ b
@@ -159,6 +205,12 @@ class BoundAvgPool2d(_AffineOp):
 
     def abs_linear(self, x: Tensor) -> Tensor:
         return self.module(x)  # nonnegative weights
+
+    def terms(self, nonzero: Tensor) -> int:
+        """The window's size, plus the division (read from the shapes for an adaptive pool)."""
+        out = self.module(nonzero[:1, :1])
+        ratio = math.ceil(nonzero.shape[-2] * nonzero.shape[-1] / (out.shape[-2] * out.shape[-1]))
+        return max(math.prod(getattr(self, "kernel", (1, 1))), ratio) + 1
 
     def bias_term(self, A: Tensor) -> Tensor:
         return A.new_zeros(A.shape[:2])

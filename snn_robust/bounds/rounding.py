@@ -1,0 +1,114 @@
+"""Floating-point error bounds for the membrane intervals, and the output grid.
+
+Shape glossary: ``M`` folded time and batch, ``Y...`` a layer's output shape, ``T'`` the
+bound's time steps.
+
+**Why.** A spike is the comparison of a float sum with the threshold. snnTorch,
+SpikingJelly and our own forward pass compute the same real-valued membrane (method.md
+section 1) but in different orders and formulas, so their float results differ, and a
+membrane within a few ulps of ``th`` may fire in one and not in another. A sound bound
+must contain every one of them. Instead of a fixed band around the threshold, S-IBP widens
+each interval by a rigorous bound on the error that *this* neuron's value can carry, so a
+neuron is unstable only when its own widened interval touches the threshold
+(method.md section 10).
+
+**Spatial layers** (Higham, *Accuracy and Stability of Numerical Algorithms*, Eq. 3.5):
+a dot product of ``n`` terms plus a bias, summed in *any* order and with or without fused
+multiply-adds, has ``|fl(w . x + b) - (w . x + b)| <= gamma_{n+1} (|w| . |x| + |b|)``,
+``gamma_k = k u / (1 - k u)``, ``u`` the unit roundoff of the dtype (``2^-24`` for
+float32, ``2^-53`` for float64). A zero term (a silent input spike, ``x_i = 0``) is added
+exactly in every order, so ``n`` counts only the inputs that can be nonzero. S-IBP's own
+centre/radius arithmetic errs by at most ``gamma_{n+2}`` times the same magnitude, and the
+final widening by one more rounding, so the exact-plus-framework distance is covered by
+``E = 2 gamma_{n+4} (|W| max(|l|, |u|) + |b|)`` (:func:`accumulation_error`), computed per
+output element from the layer's input interval (the carried error of earlier layers is
+inside that interval already, since every layer's interval is widened). Max pooling and
+flattening are exact.
+
+**The charge** ``m_t = scale * sp_t + alpha * z_{t-1}`` is computed by each framework with
+at most four roundings (e.g. SpikingJelly's ``v + (x - v) / tau``), each bounded by ``u``
+times a magnitude no larger than ``(1 + scale) |sp| + (2 + alpha + scale) |v|`` with ``v``
+the membrane after the previous reset (``|v| <= |m_{t-1}| + th`` for a soft reset); the
+decay itself (``alpha = 1 - 1/tau``, ``1 - sigmoid(w)``) is a float of the true factor
+within ``2u``. :func:`charge_error` takes ``8 u`` times that magnitude, which covers the
+framework, our own interval arithmetic and the widening.
+
+**Assumptions.** IEEE arithmetic in the tensors' dtype with round-to-nearest. TF32 (on
+for convolutions by default on NVIDIA GPUs) and Winograd/FFT convolutions break the
+componentwise bound: when the bound itself runs on CUDA with TF32 allowed, ``u`` is
+TF32's ``2^-11``; a framework forward on a GPU must run with TF32 off
+(``torch.backends.cudnn.allow_tf32 = False``) for the certificate to cover it.
+
+**The output grid.** Output rates are spike counts over ``T'``, so every specification
+row with integer coefficients (the margins ``e_y - e_j``, the rates ``+-e_i``) has its true
+value on the grid ``Z / T'``. :func:`round_to_grid` returns ``ceil((lb - tol) T') / T'``,
+the smallest grid point ``>= lb - tol``. If the computed ``lb`` exceeds the exact bound by
+at most ``tol``, that point is ``<=`` the smallest grid point ``>=`` the exact bound, which
+is ``<=`` the true value: sound, never below ``lb - tol``, and mostly above ``lb``.
+A bound in ``(g, g + tol]`` gives ``g``, so a reachable tie is never certified. With
+``tol = sqrt(eps) / 2`` (``1.7e-4`` in float32, ``7.5e-9`` in float64) residues far above
+the observed ones (below ``1e-7``) are covered. This ``tol`` is an engineering margin, not
+a proof for the S-CROWN arithmetic
+(whose rounding would need a second backward pass in absolute values to bound).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["unit_roundoff", "gamma", "accumulation_error", "charge_error", "grid_tolerance", "round_to_grid"]
+
+
+def unit_roundoff(dtype: torch.dtype, device: torch.device | None = None) -> float:
+    """``u`` of ``dtype`` (half the machine epsilon); TF32's when CUDA may use it."""
+    u = torch.finfo(dtype).eps / 2
+    if dtype == torch.float32 and device is not None and device.type == "cuda":
+        if torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32:
+            u = 2.0**-11
+    return u
+
+
+def gamma(n: Tensor, u: float) -> Tensor:
+    """``gamma_n = n u / (1 - n u)`` elementwise (Higham's constant); requires ``n u < 1``."""
+    nu = n * u
+    if bool((nu >= 0.5).any()):
+        raise ValueError(
+            f"floating-point error bound: {int(n.max())} summed terms at unit roundoff {u:g} leave no accuracy; "
+            "use float64 for this network"
+        )
+    return nu / (1 - nu)
+
+
+def accumulation_error(magnitude: Tensor, terms: Tensor | int, u: float) -> Tensor:
+    """``2 gamma_{n+4} * magnitude``: the distance between any float evaluation of an
+    ``n``-term dot product plus bias and the interval S-IBP computed for it (module
+    docstring). ``magnitude`` is ``|W| max(|l|, |u|) + |b|``."""
+    n = torch.as_tensor(terms, dtype=magnitude.dtype, device=magnitude.device)
+    return 2 * gamma(n + 4, u) * magnitude
+
+
+def charge_error(sp_abs: Tensor, v_abs: Tensor, alpha: Tensor, scale: Tensor, u: float) -> Tensor:
+    """Error bound of the charge ``m = scale * sp + alpha * v`` (module docstring):
+    ``8 u ((1 + scale) |sp| + (2 + alpha + scale) |v|)``, with ``sp_abs``, ``v_abs`` bounds
+    on ``|sp|`` and ``|v|``."""
+    return 8 * u * ((1 + scale) * sp_abs + (2 + alpha + scale) * v_abs)
+
+
+def grid_tolerance(dtype: torch.dtype) -> float:
+    """The residue ``tol`` allowed below a grid point (module docstring)."""
+    return torch.finfo(dtype).eps ** 0.5 / 2
+
+
+def round_to_grid(lb: Tensor, steps: int) -> Tensor:
+    """Round lower bounds of integer-coefficient rows outward to the grid ``Z / steps``:
+    ``ceil((lb - tol) steps) / steps``.
+
+    The value is rounded; the gradient is that of ``lb`` (straight through), so training
+    on the rounded bound keeps the signal of bounds that move within a grid cell (a plain
+    ``ceil`` has zero gradient almost everywhere)."""
+    tol = min(grid_tolerance(lb.dtype), 0.25 / steps)
+    with torch.no_grad():
+        rounded = torch.ceil((lb - tol) * steps) / steps
+    if not lb.requires_grad:
+        return rounded
+    return lb + (rounded - lb).detach()
