@@ -12,8 +12,8 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from .crown import s_crown, s_crown_optimized
 from .ibp import IBPResult, s_ibp
-
 from .rounding import round_to_grid
+
 __all__ = ["compute_bounds", "margin_spec", "METHODS"]
 
 METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "best")
@@ -100,28 +100,6 @@ def compute_bounds(
         method: one of :data:`METHODS`.
 
     The result is differentiable with respect to the network's parameters.
-    """
-    _validate(network, lower, upper, labels, method)
-    ibp = s_ibp(network, lower, upper)
-    rl, _ = ibp.rates()
-    B, C = rl.shape
-    if labels is not None:
-        if ((labels < 0) | (labels >= C)).any():
-            raise ValueError(f"labels must lie in [0, {C - 1}] for a network with {C} outputs")
-        spec = margin_spec(labels, C, rl.dtype)
-    else:
-        eye = torch.eye(C, dtype=rl.dtype, device=rl.device)
-        spec = torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * C, C)
-
-    found = []
-    if method in ("ibp", "crown-ibp", "best"):
-        found.append(_ibp_spec_lower(ibp, spec))
-    if method in ("crown-ibp", "best"):
-        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False))
-    if method in ("crown-ibp-adaptive", "best"):
-        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=True))
-    if method in ("crown-ibp-optimized", "best"):
-        found.append(s_crown_optimized(network, ibp, lower, upper, spec))
 
     **Floating point.** The membrane intervals hold every float membrane that any forward
     pass can compute (each widened by its own rounding-error bound,
@@ -146,13 +124,35 @@ def compute_bounds(
     S-IBP's constant 0 on ``[m^l, th)`` and the upper line above 1 on ``(th, m^u]``, so each
     line is looser than the interval it replaces, pointwise, and only the backward pass
     can win it back through cancellations; the maximum keeps the win where there is one.)
+    """
+    _validate(network, lower, upper, labels, method)
+    ibp = s_ibp(network, lower, upper)
+    rl, _ = ibp.rates()
+    B, C = rl.shape
+    if labels is not None:
+        if ((labels < 0) | (labels >= C)).any():
+            raise ValueError(f"labels must lie in [0, {C - 1}] for a network with {C} outputs")
+        spec = margin_spec(labels, C, rl.dtype)
+    else:
+        eye = torch.eye(C, dtype=rl.dtype, device=rl.device)
+        spec = torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * C, C)
+
+    found = []
+    if method in ("ibp", "crown-ibp", "best"):
+        found.append(_ibp_spec_lower(ibp, spec))
+    if method in ("crown-ibp", "best"):
+        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False, stops=True))
+    if method == "crown-ibp-paper":
+        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False))
+    if method in ("crown-ibp-adaptive", "best"):
+        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=True))
+    if method in ("crown-ibp-optimized", "best"):
+        found.append(s_crown_optimized(network, ibp, lower, upper, spec))
     lb = found[0]
     for other in found[1:]:
         lb = torch.maximum(lb, other)
+    lb = round_to_grid(lb, lower.shape[0])
 
     if labels is not None:
         return lb
     return lb[:, :C], -lb[:, C:]
-        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False, stops=True))
-    if method == "crown-ibp-paper":
-    lb = round_to_grid(lb, lower.shape[0])
