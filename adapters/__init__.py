@@ -9,17 +9,17 @@ from __future__ import annotations
 __all__ = ["from_snntorch", "from_spikingjelly"]
 
 
-def from_snntorch(model, input_coding: str = "spike", surrogate=None):
+def from_snntorch(model, input_coding: str = "spike", surrogate=None, input_shape=None):
     """Convert an snnTorch ``nn.Sequential`` model; see
     :func:`snn_robust.adapters.snntorch_adapter.from_snntorch`."""
     from .snntorch_adapter import from_snntorch as convert
 
-    return convert(model, input_coding=input_coding, surrogate=surrogate)
+    return convert(model, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)
 
 
-def from_spikingjelly(model, input_coding: str = "spike", surrogate=None):
+def from_spikingjelly(model, input_coding: str = "spike", surrogate=None, input_shape=None):
     """Convert a SpikingJelly (2.0.0 or 0.0.0.0.14) model; see
     :func:`snn_robust.adapters.spikingjelly_adapter.from_spikingjelly`."""
     from .spikingjelly_adapter import from_spikingjelly as convert
 
-    return convert(model, input_coding=input_coding, surrogate=surrogate)
+    return convert(model, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)

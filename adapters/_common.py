@@ -11,12 +11,13 @@ threshold from the user's neuron at every use.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
+from snn_robust.network import first_float_tensor as _first_float_tensor
 
 __all__ = [
     "FromSource",
@@ -89,16 +90,6 @@ class FromSource(nn.Module):
 
     def extra_repr(self) -> str:
         return f"read={getattr(self.read, '__name__', self.read)!r}"
-
-
-def _first_float_tensor(module: nn.Module) -> Tensor | None:
-    for t in module.parameters():
-        if t.is_floating_point():
-            return t
-    for t in module.buffers():
-        if t.is_floating_point():
-            return t
-    return None
 
 
 def plain_twin(layer: nn.Module) -> nn.Module:
@@ -211,8 +202,15 @@ class Collected:
         self.names.append(path)
         self.sources.append(source)
 
-    def build(self, is_neuron: Callable[[nn.Module], bool], input_coding: str, end_hint: str):
-        """Check that the model ends in a spiking layer and build the network."""
+    def build(
+        self,
+        is_neuron: Callable[[nn.Module], bool],
+        input_coding: str,
+        end_hint: str,
+        input_shape: Sequence[int] | None = None,
+    ):
+        """Check that the model ends in a spiking layer and build the network (which
+        checks the neuron parameters and weights, naming each layer by its path)."""
         from snn_robust.network import SpikingNetwork
 
         if not any(is_neuron(layer) for layer in self.layers):
@@ -222,4 +220,4 @@ class Collected:
                 f"{self.names[-1]} ({qualname(self.sources[-1])}) is the last layer, so the model does not output "
                 f"spikes: the bounds are on output spike rates and need a spiking output layer; {end_hint}"
             )
-        return SpikingNetwork(self.layers, input_coding=input_coding, names=self.names)
+        return SpikingNetwork(self.layers, input_coding=input_coding, names=self.names, input_shape=input_shape)

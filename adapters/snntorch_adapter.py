@@ -23,7 +23,7 @@ the threshold and is 0), for the subtract reset it adds a second state bit (see
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -71,6 +71,15 @@ class SnnTorchLeaky(LIF):
         )
         self.reset_delay = bool(reset_delay)
 
+    @property
+    def layer_kind(self) -> str:
+        return "snntorch.Leaky"
+
+    def parameter_checks(self) -> list[tuple[str, Tensor, str]]:
+        # beta itself must be finite: snnTorch clamps it to [0, 1], which would turn an
+        # infinite beta into a plausible decay of 1.
+        return [("beta", self._alpha.source.beta, "finite"), ("threshold", self.threshold, "positive")]
+
     def charge(self, m_prev: Tensor, s_prev: Tensor, sp: Tensor) -> Tensor:
         beta = self.alpha
         if self.reset == "subtract":  # Leaky._base_sub
@@ -84,7 +93,12 @@ class SnnTorchLeaky(LIF):
         return super().extra_repr() + f", reset_delay={self.reset_delay}"
 
 
-def from_snntorch(model: nn.Module, input_coding: str = "spike", surrogate: Callable | None = None):
+def from_snntorch(
+    model: nn.Module,
+    input_coding: str = "spike",
+    surrogate: Callable | None = None,
+    input_shape: Sequence[int] | None = None,
+):
     """Convert an snnTorch model to a :class:`~snn_robust.SpikingNetwork`.
 
     Args:
@@ -97,6 +111,9 @@ def from_snntorch(model: nn.Module, input_coding: str = "spike", surrogate: Call
             layer gets analog currents.
         surrogate: the surrogate gradient the bounds use in training (default: the
             paper's rectangular one); the forward pass is always the exact step.
+        input_shape: the per-sample input shape (e.g. ``(1, 28, 28)``), optional; with it
+            the network refuses inputs and bounds of another trailing shape (see
+            :class:`~snn_robust.SpikingNetwork`).
 
     Returns:
         A network that shares the model's parameters (the same ``nn.Parameter``
@@ -109,7 +126,10 @@ def from_snntorch(model: nn.Module, input_coding: str = "spike", surrogate: Call
         ValueError: a supported module with an unsupported setting (``init_hidden=False``,
             ``reset_mechanism="none"``, ``inhibition``, ``state_quant``, graded spikes,
             ``reset_delay=False`` with the subtract reset, ``output=True`` before the
-            last layer) or a model that does not end in a ``Leaky``.
+            last layer), a model that does not end in a ``Leaky``, a NaN or infinite
+            ``beta``, ``threshold``, weight or bias (named by its path, e.g. ``model.1``;
+            checked again before every bound computation), or an ``input_shape`` the
+            layers cannot take.
 
     Example::
 
@@ -122,7 +142,7 @@ def from_snntorch(model: nn.Module, input_coding: str = "spike", surrogate: Call
     out = Collected()
     converter = _Converter(snntorch, surrogate)
     converter.walk(model, ROOT, out)
-    net = out.build(lambda layer: isinstance(layer, SnnTorchLeaky), input_coding, _END_HINT)
+    net = out.build(lambda layer: isinstance(layer, SnnTorchLeaky), input_coding, _END_HINT, input_shape)
     last = out.sources[-1]
     for leaky, path in converter.outputs:
         if leaky is not last:

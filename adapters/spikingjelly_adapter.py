@@ -25,12 +25,13 @@ same function at each step, which is what the converted network computes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
 from snn_robust.neuron import LIF, spike
+from snn_robust.validation import check_number
 
 from ._common import (
     ROOT,
@@ -114,6 +115,25 @@ class SpikingJellyNode(LIF):
     def node(self) -> nn.Module:
         return self._threshold.source
 
+    @property
+    def layer_kind(self) -> str:
+        return qualname(self.node)
+
+    def check_source(self, where: str) -> None:
+        # tau is a Python float: 1/tau would raise ZeroDivisionError for 0 and give a
+        # decay outside [0, 1] below 1, so name it before alpha is read from it.
+        if self.kind == "LIF":
+            check_number(f"{where}: tau", self.node.tau, 1.0)
+
+    def parameter_checks(self) -> list[tuple[str, Tensor, str]]:
+        checks = [("v_threshold", self.threshold, "positive")]
+        if self.kind == "PLIF":
+            checks.append(("w", self.node.w, "finite"))
+        if self.kind != "IF":
+            decay = "1 - 1/tau" if self.kind == "LIF" else "1 - sigmoid(w)"
+            checks += [(f"decay {decay}", self.alpha, "unit"), ("input scale", self.input_scale, "positive")]
+        return checks
+
     def charge(self, m_prev: Tensor, s_prev: Tensor, sp: Tensor) -> Tensor:
         node = self.node
         v_reset = node.v_reset
@@ -149,7 +169,12 @@ class SpikingJellyNode(LIF):
         return super().extra_repr() + f", kind={self.kind!r}, spikingjelly={'0.0.0.0.14' if self.legacy else '2.x'}"
 
 
-def from_spikingjelly(model: nn.Module, input_coding: str = "spike", surrogate: Callable | None = None):
+def from_spikingjelly(
+    model: nn.Module,
+    input_coding: str = "spike",
+    surrogate: Callable | None = None,
+    input_shape: Sequence[int] | None = None,
+):
     """Convert a SpikingJelly model to a :class:`~snn_robust.SpikingNetwork`.
 
     Args:
@@ -164,6 +189,9 @@ def from_spikingjelly(model: nn.Module, input_coding: str = "spike", surrogate: 
             layer gets analog currents (e.g. an image repeated over the steps).
         surrogate: the surrogate gradient the bounds use in training (default: the
             paper's rectangular one); the forward pass is always the exact step.
+        input_shape: the per-sample input shape (e.g. ``(1, 28, 28)``), optional; with it
+            the network refuses inputs and bounds of another trailing shape (see
+            :class:`~snn_robust.SpikingNetwork`).
 
     Returns:
         A network that shares the model's parameters (the same ``nn.Parameter``
@@ -176,7 +204,10 @@ def from_spikingjelly(model: nn.Module, input_coding: str = "spike", surrogate: 
             BatchNorm, a model that is not an ``nn.Sequential``), named with its path.
         ValueError: a supported module with an unsupported setting (a reset voltage other
             than 0, a non-spiking surrogate, mixed step modes, a layer that sees the wrong
-            layout) or a model that does not end in a node.
+            layout), a model that does not end in a node, a NaN or infinite ``tau``,
+            ``v_threshold``, ``w``, weight or bias (named by its path, e.g. ``model.1``;
+            checked again before every bound computation), or an ``input_shape`` the
+            layers cannot take.
 
     Example::
 
@@ -191,7 +222,7 @@ def from_spikingjelly(model: nn.Module, input_coding: str = "spike", surrogate: 
     converter.mode, converter.decided_by = mode, decided_by
     out = Collected()
     converter.walk(model, ROOT, mode, out)
-    return out.build(lambda m: isinstance(m, SpikingJellyNode), input_coding, _END_HINT)
+    return out.build(lambda m: isinstance(m, SpikingJellyNode), input_coding, _END_HINT, input_shape)
 
 
 class _Converter:
@@ -229,8 +260,12 @@ class _Converter:
     # -- step mode ------------------------------------------------------------------
     def infer_mode(self, module: nn.Module, path: str) -> tuple[str, str]:
         """The network's step mode: that of its first node outside containers, or
-        ``'m'`` if a multi-step container comes first (``'s'`` if neither exists)."""
+        ``'m'`` if a multi-step container comes first (``'s'`` if neither exists).
+        An unsupported node is refused here, by its path: otherwise the mode would be
+        guessed without it and a correct layer blamed for the mismatch."""
         for sub_path, sub in _preorder(module, path, self._opaque):
+            if type(sub) not in self.nodes and _is_node(sub, self.base):
+                self._refuse(sub, sub_path)
             if type(sub) in self.nodes:
                 return sub.step_mode, sub_path
             if isinstance(sub, self.multi_step_containers):

@@ -37,7 +37,18 @@ def certified_loss(
     ``x`` is what the perturbation set takes (an image batch ``[B, X...]`` for
     ``DigitalLinf`` / ``DirectLinf``, a spike input ``[T, B, X...]`` for ``SpikeL0``);
     the input bounds are sampled with ``steps`` (the paper's ``T'``) steps.
+
+    Bad input raises, never a NaN or silently wrong loss: ``ValueError`` naming the
+    tensor for NaN / infinite ``x``, naming the layer for NaN / infinite neuron
+    parameters or weights, and one ``ValueError`` for an empty batch (``B = 0``: there
+    is no mean over nothing; skip empty batches) as from :func:`compute_bounds`;
+    ``TypeError`` for a ``perturbation`` that is not a :class:`Perturbation`.
     """
+    if not isinstance(perturbation, Perturbation):
+        raise TypeError(
+            f"certified_loss: perturbation must be an snn_robust Perturbation (DigitalLinf, SpikeL0, DirectLinf), "
+            f"got {type(perturbation).__name__}"
+        )
     lower, upper = perturbation.bounds(x, steps, generator)
     margins = compute_bounds(network, lower, upper, labels=labels, method=method)
     return F.cross_entropy(bound_logits(margins, labels), labels)

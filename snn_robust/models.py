@@ -30,7 +30,8 @@ def paper_model(
     alpha: float = 0.25,
     threshold: float = 0.25,
 ) -> SpikingNetwork:
-    """The paper's FC or CONV network for a dataset's input shape."""
+    """The paper's FC or CONV network for a dataset's input shape (recorded as the
+    network's ``input_shape``, so inputs without a time dimension are refused)."""
     if dataset not in INPUT_SHAPES:
         raise ValueError(f"dataset must be one of {sorted(INPUT_SHAPES)}, got {dataset!r}")
     c, h, w = INPUT_SHAPES[dataset]
@@ -52,4 +53,4 @@ def paper_model(
         ]
     else:
         raise ValueError(f"arch must be 'fc' or 'conv', got {arch!r}")
-    return SpikingNetwork(layers)
+    return SpikingNetwork(layers, input_shape=(c, h, w))

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .bounds.spatial import BoundOp, bound_op
 from .errors import UnsupportedLayerError
 from .neuron import LIF
+from .validation import check_all_finite, check_positive_int
 
 __all__ = ["SpikingNetwork", "Stage", "SPATIAL_LAYERS"]
 
@@ -38,6 +39,18 @@ class Stage:
     name: str
 
 
+def first_float_tensor(module: nn.Module) -> Tensor | None:
+    """The first floating parameter of ``module``, else its first floating buffer: where
+    its device and dtype can be read."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t
+    for t in module.buffers():
+        if t.is_floating_point():
+            return t
+    return None
+
+
 def fold_time(x: Tensor, fn) -> Tensor:
     """Apply a stateless layer to ``[T, B, ...]`` by folding time into the batch."""
     y = fn(x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]))
@@ -53,9 +66,19 @@ class SpikingNetwork(nn.Module):
             frames) or ``"direct"`` (analog currents into the first spatial layer).
         names: optional display names of the layers (their path in a source model),
             used in error messages.
+        input_shape: optional per-sample input shape (e.g. ``(1, 28, 28)``). When given,
+            inputs and input bounds whose trailing shape differs are refused; this is what
+            catches a missing time dimension (``[B, 1, 28, 28]`` read as ``T = B``), which
+            a Flatten + Linear network cannot tell from its layers alone.
 
     Calling the network on ``x`` of shape ``[T, B, *input_shape]`` simulates it from zero
     state and returns the output rates ``[B, C]`` (mean output spikes over ``T``).
+
+    Checks (``ValueError`` naming the layer by its name or path): neuron parameters in
+    range and finite, spatial weights and biases finite (:meth:`check_parameters`, at
+    construction and before every bound computation); inputs time-major with ``T >= 1``
+    and a per-sample shape every layer can take (:meth:`check_input`; a shape that
+    passes is remembered, so the check costs one trial pass per new shape).
 
     Example::
 
@@ -69,6 +92,7 @@ class SpikingNetwork(nn.Module):
         layers: Sequence[nn.Module],
         input_coding: Literal["spike", "direct"] = "spike",
         names: Sequence[str] | None = None,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if input_coding not in INPUT_CODINGS:
@@ -81,6 +105,13 @@ class SpikingNetwork(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.layer_names = names
         self.stages = self._build_stages(layers, names)
+        self.check_parameters()
+        self._shapes_ok: set[tuple[int, ...]] = set()
+        self.input_shape: tuple[int, ...] | None = None
+        if input_shape is not None:
+            shape = tuple(check_positive_int(f"input_shape[{i}]", n) for i, n in enumerate(input_shape))
+            self._check_sample_shape(shape, f"input_shape {shape}")
+            self.input_shape = shape
 
     @staticmethod
     def _build_stages(layers: list[nn.Module], names: list[str]) -> list[Stage]:
@@ -89,7 +120,6 @@ class SpikingNetwork(nn.Module):
         stages, spatial, ops = [], [], []
         for layer, name in zip(layers, names):
             if isinstance(layer, LIF):
-                layer.check_parameters(f"layer {name} (LIF)")
                 stages.append(Stage(spatial, ops, layer, name))
                 spatial, ops = [], []
             elif isinstance(layer, SPATIAL_LAYERS):
@@ -115,9 +145,97 @@ class SpikingNetwork(nn.Module):
                 return layer.out_features
         return None
 
-    def check_input(self, x: Tensor, what: str = "input") -> None:
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the network computes in (its first floating parameter or
+        buffer; the default dtype if it has none)."""
+        t = first_float_tensor(self)
+        return t.dtype if t is not None else torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        t = first_float_tensor(self)
+        return t.device if t is not None else torch.device("cpu")
+
+    def check_parameters(self) -> None:
+        """Raise ``ValueError`` naming the layer if a LIF parameter leaves its proven range
+        (:meth:`LIF.check_parameters`) or a spatial layer's weight or bias holds a NaN or
+        an infinity. Cheap enough for every training step: one fused ``isfinite(p).all()``
+        per parameter and one device sync for all of them (plus one per LIF layer)."""
+        for stage in self.stages:
+            stage.lif.check_parameters(f"layer {stage.name} ({stage.lif.layer_kind})")
+        check_all_finite(
+            (
+                (f"layer {op.name} ({type(layer).__name__}) {pname}", p)
+                for stage in self.stages
+                for layer, op in zip(stage.spatial, stage.ops)
+                for pname, p in layer.named_parameters()
+            ),
+            "bounds of a network with non-finite weights mean nothing (a diverged training step? restore a "
+            "checkpoint or lower the learning rate)",
+        )
+
+    def check_input(self, x: Tensor, what: str = "input", steps: str = "T") -> None:
+        """Raise ``ValueError`` unless ``x`` is time-major ``[T, B, *input_shape]`` with
+        ``T >= 1`` and a per-sample shape the layers accept; the message names the layer
+        that cannot take it and the shape the network expects (``steps`` is the letter
+        used for the time dimension in messages, ``T'`` for input bounds)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{what} must be a tensor [{steps}, B, ...], got {type(x).__name__}")
+        layout = f"time-major [{steps}, B, *input_shape]"
+        shape = tuple(x.shape)
         if x.dim() < 3:
-            raise ValueError(f"{what} must be time-major [T, B, ...], got shape {tuple(x.shape)}")
+            raise ValueError(f"{what} of shape {shape}: expected {layout}; {self._expected_input()}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{what} of shape {shape}: no time steps ({steps} = 0); expected {layout} with {steps} >= 1")
+        sample = shape[2:]
+        if self.input_shape is not None and sample != self.input_shape:
+            missing = " (is the time dimension missing?)" if shape[1:] == self.input_shape else ""
+            raise ValueError(
+                f"{what} of shape {shape}: read as {layout}, the per-sample shape is {sample}, but this network "
+                f"takes input_shape {self.input_shape}{missing}; pass [{steps}, B, {', '.join(map(str, self.input_shape))}]"
+            )
+        self._check_sample_shape(sample, f"{what} of shape {shape} ({layout})")
+
+    def _expected_input(self) -> str:
+        """What the network takes per sample, as far as it knows (for error messages)."""
+        if self.input_shape is not None:
+            return f"this network's input_shape is {self.input_shape}"
+        for stage in self.stages:
+            for layer, op in zip(stage.spatial, stage.ops):
+                wants = _layer_wants(layer)
+                if wants:
+                    return f"this network's first weighted layer {op.name} ({type(layer).__name__}) takes {wants}"
+        return "see the network's first layer"
+
+    def _check_sample_shape(self, sample: tuple[int, ...], what: str) -> None:
+        """Run one zero sample of shape ``sample`` through the spatial layers (LIF layers
+        keep shapes) and turn torch's shape error into one naming the layer. Conv and
+        pooling layers get an explicit rank check, since torch would read a 3-D batch as
+        one unbatched image."""
+        if sample in self._shapes_ok:
+            return
+        x = torch.zeros((1, *sample), dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            for stage in self.stages:
+                for layer, op in zip(stage.spatial, stage.ops):
+                    error = ""
+                    if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)) and x.dim() != 4:
+                        error = f"it needs 3 dimensions [C, H, W] per sample, got {x.dim() - 1}"
+                    else:
+                        try:
+                            x = layer(x)
+                        except RuntimeError as exc:
+                            error = f"torch: {str(exc).splitlines()[0]}"
+                    if error:
+                        wants = _layer_wants(layer)
+                        expected = self._expected_input()
+                        raise ValueError(
+                            f"{what}: layer {op.name} ({type(layer).__name__}) cannot take the per-sample shape "
+                            f"{tuple(x.shape[1:])} that reaches it{f'; it takes {wants}' if wants else ''} ({error})"
+                            + ("" if f" {op.name} (" in expected else f"; {expected}")
+                        ) from None
+        self._shapes_ok.add(sample)
 
     def simulate(self, x: Tensor) -> list[Tensor]:
         """Spike trains ``[T, B, N...]`` of every LIF layer for the input ``[T, B, ...]``."""
@@ -131,5 +249,17 @@ class SpikingNetwork(nn.Module):
         return trains
 
     def forward(self, x: Tensor) -> Tensor:
+        """Output rates ``[B, C]`` for the input ``x`` ``[T, B, *input_shape]``."""
         out = self.simulate(x)[-1]
         return out.mean(0).flatten(1)
+
+
+def _layer_wants(layer: nn.Module) -> str:
+    """What a weighted layer takes per sample, for error messages."""
+    if isinstance(layer, nn.Linear):
+        return f"{layer.in_features} features in its last dimension (e.g. a flattened sample of {layer.in_features})"
+    if isinstance(layer, nn.Conv2d):
+        return f"[{layer.in_channels}, H, W] with H, W at least its kernel {tuple(layer.kernel_size)}"
+    if isinstance(layer, (nn.AvgPool2d, nn.MaxPool2d)):
+        return "[C, H, W]"
+    return ""

@@ -35,6 +35,15 @@ it; a plain tensor is copied into a buffer (so it follows ``.to()`` and ``state_
 RESETS = ("zero", "subtract")
 FIRINGS = (">", ">=")
 
+# The ranges the bounds are proven for (method.md section 2), as (text, elementwise test).
+# Each test is false on NaN, so a NaN parameter is refused (a bare ``alpha < 0`` is not).
+_RULES: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
+    "unit": ("lie in [0, 1]", lambda v: (v >= 0) & (v <= 1)),
+    "positive": ("be > 0 and finite", lambda v: torch.isfinite(v) & (v > 0)),
+    "finite": ("be finite", torch.isfinite),
+}
+_PARAMETER_RULES = {"alpha": "unit", "threshold": "positive", "input_scale": "positive"}
+
 
 @dataclass(frozen=True)
 class Rectangular:
@@ -88,7 +97,7 @@ class LIF(nn.Module):
     Args:
         alpha: decay :math:`\alpha \in [0, 1]` (the paper's 0.25; snnTorch's ``beta``;
             SpikingJelly's ``1 - 1/tau``).
-        threshold: firing threshold :math:`th > 0`.
+        threshold: firing threshold :math:`th > 0`, finite.
         reset: ``"zero"`` (hard reset to 0, the paper) or ``"subtract"`` (soft reset).
         firing: ``">"`` (snnTorch, the authors' code) or ``">="`` (paper text,
             SpikingJelly). Bounds are sound for the comparison given here.
@@ -98,6 +107,11 @@ class LIF(nn.Module):
             membrane (:math:`\kappa = \alpha`, SpikingJelly) or not (:math:`\kappa = 1`,
             snnTorch).
         surrogate: gradient of the Heaviside used in training (paper: rectangular).
+
+    Numbers and tensors outside these ranges (NaN and infinities included) raise a
+    ``ValueError`` here; parameters given as modules (learnable or read from a framework's
+    neuron) are checked by :meth:`check_parameters`, which the network runs when it is
+    built and again before every bound computation (training may move them).
 
     Example::
 
@@ -132,14 +146,16 @@ class LIF(nn.Module):
     def _store(self, name: str, value: ParamLike) -> None:
         if isinstance(value, nn.Module):
             self.add_module("_" + name, value)
-        elif isinstance(value, nn.Parameter):
+            return
+        if isinstance(value, nn.Parameter):
             self.register_parameter("_" + name, value)
         elif isinstance(value, Tensor):
             self.register_buffer("_" + name, value.detach().clone())
-        elif isinstance(value, (int, float)):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.register_buffer("_" + name, torch.tensor(float(value)))
         else:
             raise TypeError(f"LIF {name} must be a float, a Tensor or an nn.Module, got {type(value).__name__}")
+        _check_rule(f"LIF: {name}", getattr(self, "_" + name), _PARAMETER_RULES[name])
 
     def _value(self, name: str) -> Tensor:
         value = getattr(self, "_" + name)
@@ -162,15 +178,33 @@ class LIF(nn.Module):
         """Weight of the subtracted threshold in the soft-reset carry."""
         return self.alpha if self.decay_reset else torch.ones_like(self.alpha)
 
-    def check_parameters(self, where: str = "LIF") -> None:
-        """Raise if the parameters leave the range the bounds are proven for."""
-        alpha, th, scale = self.alpha.detach(), self.threshold.detach(), self.input_scale.detach()
-        if (alpha < 0).any() or (alpha > 1).any():
-            raise ValueError(f"{where}: decay alpha must lie in [0, 1], got range [{alpha.min():g}, {alpha.max():g}]")
-        if (th <= 0).any():
-            raise ValueError(f"{where}: threshold must be > 0, got minimum {th.min():g}")
-        if (scale <= 0).any():
-            raise ValueError(f"{where}: input_scale must be > 0, got minimum {scale.min():g}")
+    @property
+    def layer_kind(self) -> str:
+        """How the layer is named in errors (adapters name the framework's neuron)."""
+        return "LIF"
+
+    def check_source(self, where: str) -> None:
+        """Hook for adapters: check the framework's own values (Python numbers) before
+        they are turned into ``alpha`` / ``threshold`` / ``input_scale``."""
+
+    def parameter_checks(self) -> list[tuple[str, Tensor, str]]:
+        """``(name in errors, value, rule)`` for every value the bounds rely on; rules:
+        ``"unit"`` (in ``[0, 1]``), ``"positive"`` (finite, ``> 0``), ``"finite"``."""
+        return [("decay alpha", self.alpha, "unit"), ("threshold", self.threshold, "positive"),
+                ("input_scale", self.input_scale, "positive")]
+
+    def check_parameters(self, where: str | None = None) -> None:
+        """Raise ``ValueError`` (naming ``where``, default :attr:`layer_kind`) if a parameter
+        leaves the range the bounds are proven for: ``alpha in [0, 1]``, ``th > 0`` and
+        ``scale > 0``, all finite. One fused test per value and one device sync."""
+        where = where or self.layer_kind
+        self.check_source(where)
+        checks = self.parameter_checks()
+        flags = [_RULES[rule][1](value.detach()).all() for _, value, rule in checks]
+        if bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+            return
+        for name, value, rule in checks:
+            _check_rule(f"{where}: {name}", value, rule)
 
     # -- simulation -----------------------------------------------------------------
     def charge(self, m_prev: Tensor, s_prev: Tensor, sp: Tensor) -> Tensor:
@@ -214,3 +248,17 @@ class LIF(nn.Module):
             f"alpha={show('alpha')}, threshold={show('threshold')}, reset={self.reset!r}, "
             f"firing={self.firing!r}, input_scale={show('input_scale')}, decay_reset={self.decay_reset}"
         )
+
+
+def _check_rule(name: str, value: Tensor, rule: str) -> None:
+    text, test = _RULES[rule]
+    value = value.detach()
+    if bool(test(value).all()):
+        return
+    if value.numel() == 1:
+        got = f"{value.item()!r}"
+    else:
+        finite = value[torch.isfinite(value)]
+        span = f"range [{finite.min():g}, {finite.max():g}] over its finite entries, " if finite.numel() else ""
+        got = f"{span}{int(torch.isnan(value).sum())} NaN and {int(torch.isinf(value).sum())} infinite of {value.numel()}"
+    raise ValueError(f"{name} must {text}, got {got}")

@@ -23,20 +23,31 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .validation import check_finite, check_number, check_positive_int
+
 __all__ = ["Perturbation", "DigitalLinf", "SpikeL0", "DirectLinf", "bernoulli_encode"]
 
 
-def _check_eps(eps: float, name: str, high: float = 1.0) -> float:
-    eps = float(eps)
-    if not (0.0 <= eps <= high) or math.isnan(eps):
-        raise ValueError(f"{name}: eps must lie in [0, {high:g}], got {eps!r}")
-    return eps
+def _set_eps(obj: "Perturbation", high: float = 1.0) -> None:
+    """Check ``obj.eps`` (a finite number in ``[0, high]``; ``'0.1'``, ``True`` and NaN are
+    refused) and store it as a ``float`` in the frozen dataclass."""
+    eps = check_number(f"{type(obj).__name__}: eps", obj.eps, 0.0, high)
+    object.__setattr__(obj, "eps", eps)
 
 
 def _check_steps(steps: int) -> int:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return check_positive_int("steps", steps)
+
+
+def _check_tensor(x: Tensor, who: str, layout: str, min_dim: int) -> None:
+    """``x`` is a finite floating tensor with at least ``min_dim`` dimensions."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who} expects a tensor {layout}, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{who} expects {layout}, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} expects a floating-point tensor {layout}, got {x.dtype}; convert with x.float()")
+    check_finite(x, f"{who}: input x {tuple(x.shape)}", "clean the data (NaN pixels cannot be certified)")
 
 
 def _uniform(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -46,6 +57,7 @@ def _uniform(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
 def bernoulli_encode(x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
     """Rate coding (Eq. 4, 13): ``x_t = [x > rand_t]`` for ``x`` in ``[0, 1]``, ``[B, X...] -> [T, B, X...]``."""
     _check_steps(steps)
+    check_finite(x, f"bernoulli_encode: input x {tuple(x.shape)}", "a NaN pixel would silently never spike")
     rand = _uniform((steps, *x.shape), x, generator)
     return (x.unsqueeze(0) > rand).to(x.dtype)
 
@@ -83,12 +95,11 @@ class DigitalLinf(Perturbation):
     input_coding = "spike"
 
     def __post_init__(self) -> None:
-        _check_eps(self.eps, "DigitalLinf")
+        _set_eps(self)
 
     def _check(self, x: Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"DigitalLinf expects images [B, X...], got shape {tuple(x.shape)}")
-        if x.min() < 0 or x.max() > 1:
+        _check_tensor(x, "DigitalLinf", "images [B, X...]", 2)
+        if x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError(f"DigitalLinf expects images in [0, 1], got range [{x.min():g}, {x.max():g}]")
 
     def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -117,23 +128,22 @@ class SpikeL0(Perturbation):
     input_coding = "spike"
 
     def __post_init__(self) -> None:
-        _check_eps(self.eps, "SpikeL0")
+        _set_eps(self)
 
     def _frames(self, x: Tensor, steps: int) -> Tensor:
         _check_steps(steps)
-        if x.dim() < 3:
-            raise ValueError(f"SpikeL0 expects a spike input [T, B, X...], got shape {tuple(x.shape)}")
+        _check_tensor(x, "SpikeL0", "a spike input [T, B, X...]", 3)
         if steps > x.shape[0]:
             raise ValueError(f"SpikeL0: steps={steps} exceeds the input's {x.shape[0]} frames")
         if not ((x == 0) | (x == 1)).all():
-            raise ValueError("SpikeL0 expects a binary (0/1) spike input")
+            raise ValueError(f"SpikeL0 expects a binary (0/1) spike input x, got values in [{x.min():g}, {x.max():g}]")
         return x[:steps]
 
     def picks(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
         """Boolean mask ``[steps, B, X...]`` of the picked (unstable) elements."""
         frames = self._frames(x, steps)
         T, B = frames.shape[:2]
-        size = frames[0, 0].numel()
+        size = math.prod(frames.shape[2:])
         k = int(round(self.eps * size))
         scores = _uniform((T, B, size), frames, generator)
         mask = torch.zeros(T, B, size, dtype=torch.bool, device=x.device)
@@ -162,16 +172,24 @@ class DirectLinf(Perturbation):
     input_coding = "direct"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "low", check_number("DirectLinf: low", self.low))
+        object.__setattr__(self, "high", check_number("DirectLinf: high", self.high))
         if not self.low < self.high:
             raise ValueError(f"DirectLinf: need low < high, got {self.low} and {self.high}")
-        _check_eps(self.eps, "DirectLinf", self.high - self.low)
+        _set_eps(self, self.high - self.low)
+
+    @staticmethod
+    def _check(x: Tensor) -> None:
+        _check_tensor(x, "DirectLinf", "analog inputs [B, X...]", 2)
 
     def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         _check_steps(steps)
+        self._check(x)
         lower = (x - self.eps).clamp(self.low, self.high)
         upper = (x + self.eps).clamp(self.low, self.high)
         return lower.unsqueeze(0).expand(steps, *x.shape), upper.unsqueeze(0).expand(steps, *x.shape)
 
     def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
         _check_steps(steps)
+        self._check(x)
         return x.unsqueeze(0).expand(steps, *x.shape)

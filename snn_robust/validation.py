@@ -1,0 +1,87 @@
+"""One home for the checks on numbers and tensors a user hands over.
+
+Every check raises a ``ValueError`` (or ``TypeError`` for a wrong kind of object) whose
+message names the argument or tensor, says what was expected and shows what arrived;
+none uses ``assert`` (which ``python -O`` removes). They run on every call of the
+public entry points, so the tensor checks are one fused reduction each (one device
+sync), and the detailed count is computed only on the failure path.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_positive_int", "check_number", "check_finite", "check_all_finite", "describe_nonfinite"]
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an ``int >= 1``; ``bool`` and floats such as ``3.0`` are refused
+    (a count given as a float is usually a swapped argument)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` in ``[low, high]`` (``(low, high]`` with
+    ``low_open``). Accepts Python / NumPy reals and one-element tensors; refuses ``bool``,
+    strings (``'0.1'``), NaN and infinities by name."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number (int or float), got {type(value).__name__} {value!r}")
+    number = float(value)
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and number > high
+    if not math.isfinite(number) or too_low or too_high:
+        if low is None and high is None:
+            raise ValueError(f"{name} must be a finite number, got {number!r}")
+        left = "(" if low_open else "["
+        span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise ValueError(f"{name} must lie in {span} and be finite, got {number!r}")
+    return number
+
+
+def describe_nonfinite(x: Tensor) -> str:
+    """``'3 NaN and 1 infinite values among 64'`` (the failure path only: it syncs)."""
+    n_nan = int(torch.isnan(x).sum())
+    n_inf = int(torch.isinf(x).sum())
+    return f"{n_nan} NaN and {n_inf} infinite values among {x.numel()}"
+
+
+def check_finite(x: Tensor, name: str, hint: str = "") -> None:
+    """Raise ``ValueError`` naming ``name`` if ``x`` holds a NaN or an infinity.
+
+    A comparison with NaN is false, so without this check a NaN pixel passes a range
+    test such as ``x.min() < 0`` and a NaN weight turns some bounds into NaN while
+    others stay finite."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains {describe_nonfinite(x)}{'; ' + hint if hint else ''}")
+
+
+def check_all_finite(named: Iterable[tuple[str, Tensor]], hint: str = "") -> None:
+    """:func:`check_finite` on many tensors with a single device sync: one fused
+    ``isfinite(t).all()`` per tensor, stacked; the offender is looked up only on failure."""
+    named = [(name, t) for name, t in named if t.is_floating_point() and t.numel() > 0]
+    if not named:
+        return
+    device = named[0][1].device
+    flags = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, t in named])
+    if bool(flags.all()):
+        return
+    for (name, t), ok in zip(named, flags.tolist()):
+        if not ok:
+            check_finite(t.detach(), name, hint)
