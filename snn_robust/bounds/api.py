@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..network import SpikingNetwork
+from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
 from .ibp import IBPResult, s_ibp
 from .rounding import round_to_grid
@@ -46,7 +47,13 @@ def _ibp_spec_lower(ibp: IBPResult, spec: Tensor) -> Tensor:
     return (spec.clamp(min=0) * rl.unsqueeze(1)).sum(-1) + (spec.clamp(max=0) * ru.unsqueeze(1)).sum(-1)
 
 
-def _validate(network: SpikingNetwork, lower: Tensor, upper: Tensor, labels: Tensor | None, method: str) -> None:
+def _validate(
+    network: SpikingNetwork, lower: Tensor, upper: Tensor, labels: Tensor | None, method: str
+) -> tuple[Tensor, Tensor]:
+    """Refuse what the engine cannot bound soundly, by name, and return the input bounds
+    in the network's dtype. Empty inputs are refused (never an empty or NaN result):
+    ``T' = 0`` has no output rate, and ``B = 0`` has nothing to certify, so a caller's
+    loop should skip it rather than average over nothing."""
     if not isinstance(network, SpikingNetwork):
         raise TypeError(
             f"compute_bounds needs a SpikingNetwork, got {type(network).__name__}; convert framework models with "
@@ -55,15 +62,27 @@ def _validate(network: SpikingNetwork, lower: Tensor, upper: Tensor, labels: Ten
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(lower, Tensor) or not isinstance(upper, Tensor):
-        raise TypeError("lower and upper must be tensors")
+        raise TypeError(f"lower and upper must be tensors, got {type(lower).__name__} and {type(upper).__name__}")
     if lower.shape != upper.shape:
         raise ValueError(f"lower and upper must have the same shape, got {tuple(lower.shape)} and {tuple(upper.shape)}")
-    if lower.dim() < 3:
-        raise ValueError(f"input bounds must be time-major [T', B, *input_shape], got shape {tuple(lower.shape)}")
     if not lower.is_floating_point() or not upper.is_floating_point():
         raise TypeError(f"input bounds must be floating point, got {lower.dtype} and {upper.dtype}")
-    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
-        raise ValueError("input bounds contain NaN or infinite values")
+    network.check_input(lower, "input bounds", steps="T'")
+    if lower.shape[1] == 0:
+        raise ValueError(
+            f"input bounds have an empty batch (B = 0, shape {tuple(lower.shape)}): compute_bounds and "
+            "certified_loss need at least one sample; skip empty batches"
+        )
+    if lower.device != network.device or upper.device != network.device:
+        raise ValueError(
+            f"input bounds are on {lower.device} / {upper.device} but the network on {network.device}: "
+            f"move them with .to({str(network.device)!r})"
+        )
+    check_all_finite((("input bounds lower", lower), ("input bounds upper", upper)))
+    # Casting is sound: a bound in float64 rounded to nearest keeps every input of the
+    # network's dtype that it contained (rounding is monotone), and 0/1 are exact.
+    lower, upper = lower.to(network.dtype), upper.to(network.dtype)
+    network.check_parameters()
     if (lower > upper).any():
         worst = (lower - upper).max().item()
         raise ValueError(f"lower > upper somewhere (by up to {worst:g}); the input bounds must satisfy lower <= upper")
@@ -76,8 +95,11 @@ def _validate(network: SpikingNetwork, lower: Tensor, upper: Tensor, labels: Ten
                 )
     if labels is not None:
         B = lower.shape[1]
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be an integer tensor of shape [{B}], got {type(labels).__name__}")
         if labels.dtype not in (torch.int64, torch.int32) or labels.shape != (B,):
             raise ValueError(f"labels must be an integer tensor of shape [{B}], got {labels.dtype} {tuple(labels.shape)}")
+    return lower, upper
 
 
 def compute_bounds(
@@ -125,7 +147,7 @@ def compute_bounds(
     line is looser than the interval it replaces, pointwise, and only the backward pass
     can win it back through cancellations; the maximum keeps the win where there is one.)
     """
-    _validate(network, lower, upper, labels, method)
+    lower, upper = _validate(network, lower, upper, labels, method)
     ibp = s_ibp(network, lower, upper)
     rl, _ = ibp.rates()
     B, C = rl.shape
