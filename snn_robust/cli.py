@@ -153,26 +153,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    """A finite number > 0 (``inf`` and ``nan`` are refused: they would train a NaN model)."""
+def _finite_float(text: str, *, strict: bool) -> float:
+    """A finite number > 0 (``strict``) or >= 0; ``inf`` and ``nan`` are refused: they would
+    train a NaN model or never end."""
+    what = "a finite number > 0" if strict else "a finite number >= 0"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, strict=True)
 
 
 def _nonnegative_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+    return _finite_float(text, strict=False)
 
 
 def _add_run_options(p: argparse.ArgumentParser, data_root: bool = True) -> None:

@@ -157,7 +157,7 @@ def _load_plain(source: Any, name: Path, map_location: Any) -> Any:
         raise DamagedFileError(
             f"{name} holds Python objects other than tensors, numbers, strings and plain containers"
             f"{f' ({detail})' if detail else ''}; it was refused without running anything from it "
-            "(only load such a file with torch.load(weights_only=False) if you wrote it yourself)") from None
+            "(unpickle such a file only if you wrote it yourself)") from None
     except Exception as exc:  # zip, EOF and format errors from torch's reader
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DamagedFileError(f"{name} is damaged, truncated or not a torch file ({type(exc).__name__}: {reason})") from None

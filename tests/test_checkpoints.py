@@ -236,8 +236,11 @@ def kill_and_resume(run_dir: Path, kills: int, rng: random.Random, damage: list[
     pending = list(damage)
     while stats["kills"] < kills:
         proc = _worker(run_dir)
-        for _ in range(rng.randint(1, 2)):
-            proc.stdout.readline()
+        lines = [proc.stdout.readline().strip() for _ in range(rng.randint(1, 2))]
+        if "done" in lines or "" in lines:  # the run completed before this kill
+            _, err = proc.communicate(timeout=60)
+            stats["fallbacks"] += err.count("resuming from the previous checkpoint")
+            break
         time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)

@@ -355,3 +355,21 @@ def test_unknown_nmnist_recordings_get_format_checks(tmp_path, content, needle):
         data.check_nmnist_recording(path, "Train/3/123456.bin")
     path.write_bytes(bytes([1, 240, 0, 0, 5, 2, 3, 0, 0, 9]))  # an overflow marker (y = 240) is legal
     assert data.check_nmnist_recording(path, "Train/3/123456.bin") is False
+
+
+def test_every_load_in_the_package_is_weights_only():
+    """A source guard for the promise above: every ``torch.load`` in the package (the one
+    call is in snn_robust/fileio.py) passes ``weights_only=True``; nothing unpickles otherwise."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    calls = []
+    for folder in ("snn_robust", "recipes", "adapters", "benchmarks", "scripts"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            text = path.read_text()
+            assert not re.search(r"\bpickle\.loads?\(|allow_pickle\s*=\s*True|weights_only\s*=\s*False\)", text), path
+            for match in re.finditer(r"torch\.load\(([^()]*)\)", text):
+                calls.append((path.relative_to(repo).as_posix(), match.group(1)))
+    assert calls, "the scan found no torch.load at all: the pattern is stale"
+    assert all("weights_only=True" in args for _, args in calls), calls
+    assert "snn_robust/fileio.py" in {p for p, _ in calls}
