@@ -53,6 +53,7 @@ from .evaluate import is_correct
 from .network import SpikingNetwork
 from .neuron import LIF, Rectangular
 from .perturbations import bernoulli_encode
+from .validation import check_number, check_positive_int
 
 __all__ = [
     "Attack",
@@ -122,13 +123,11 @@ def _count(fraction: float, size: int) -> int:
 
 
 def _check_fraction(value: float, name: str, cls: str) -> None:
-    if not (0.0 <= float(value) <= 1.0) or math.isnan(float(value)):
-        raise ValueError(f"{cls}: {name} must lie in [0, 1], got {value!r}")
+    check_number(f"{cls}: {name}", value, 0.0, 1.0)
 
 
 def _check_positive_int(value: int, name: str, cls: str) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{cls}: {name} must be a positive integer, got {value!r}")
+    check_positive_int(f"{cls}: {name}", value)
 
 
 def _check_labels(labels: Tensor, batch: int, cls: str) -> None:

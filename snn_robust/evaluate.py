@@ -37,6 +37,7 @@ from .bounds.api import Method, compute_bounds
 from .network import SpikingNetwork
 from .perturbations import DigitalLinf, DirectLinf, Perturbation, SpikeL0, bernoulli_encode
 from .progress import progress_bar
+from .validation import check_positive_int
 
 if TYPE_CHECKING:
     from .attacks import Attack
@@ -103,8 +104,7 @@ def _check_coding(coding: str) -> None:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
 
 
 def _is_tensor_pair(data: Any) -> bool:

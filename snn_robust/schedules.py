@@ -7,9 +7,10 @@ steps per epoch.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from .validation import check_int, check_number
 
 __all__ = ["EPS_SHAPES", "EpsSchedule"]
 
@@ -18,16 +19,11 @@ EPS_SHAPES = ("linear", "smooth")
 
 
 def _check_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"EpsSchedule: {name} must be a non-negative int, got {value!r}")
-    return value
+    return check_int(f"EpsSchedule: {name}", value, 0)
 
 
 def _check_eps(name: str, value: Any) -> float:
-    value = float(value)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"EpsSchedule: {name} must be a non-negative number, got {value!r}")
-    return value
+    return check_number(f"EpsSchedule: {name}", value, 0.0)
 
 
 @dataclass(frozen=True)

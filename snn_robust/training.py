@@ -60,6 +60,7 @@ from .loss import bound_logits
 from .network import SpikingNetwork
 from .perturbations import Perturbation
 from .schedules import EPS_SHAPES, EpsSchedule
+from .validation import check_positive_int
 
 __all__ = [
     "CLEAN_LOSSES",
@@ -160,10 +161,7 @@ def _check_weight(name: str, value: float) -> float:
     return value
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+_check_positive_int = check_positive_int
 
 
 def _check_clip(value: float | None) -> float | None:

@@ -15,15 +15,21 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["check_positive_int", "check_number", "check_finite", "check_all_finite", "describe_nonfinite"]
+__all__ = ["check_int", "check_positive_int", "check_number", "check_finite", "check_all_finite", "describe_nonfinite"]
+
+
+def check_int(name: str, value: Any, low: int = 0) -> int:
+    """``value`` as an ``int >= low``; ``bool`` and floats such as ``3.0`` are refused
+    (a count given as a float is usually a swapped argument)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        kind = {0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an ``int >= 1``; ``bool`` and floats such as ``3.0`` are refused
-    (a count given as a float is usually a swapped argument)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    """``value`` as an ``int >= 1`` (:func:`check_int`)."""
+    return check_int(name, value, 1)
 
 
 def check_number(
