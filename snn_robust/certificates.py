@@ -264,6 +264,28 @@ class _FlipBudgetOp(BoundOp):
             up.append((-_sum_k_smallest(-g, self.k, 2)).reshape(x.shape[0], *shape))
         return value + torch.cat(down), value + torch.cat(up)
 
+    def rounding_error(self, l: Tensor, u: Tensor) -> Tensor:
+        """Floating point (:mod:`~snn_robust.bounds.rounding`): a forward pass on any binary
+        input errs by at most ``gamma_n mag``, with ``n`` the summed terms (fan-in, plus the
+        bias or the division) and ``mag = |W| . 1 + |b|``; :meth:`interval` sums at most
+        ``n + k`` terms of total magnitude ``2 mag`` (the value, then the ``k`` gains), so
+        it errs by at most ``2 gamma_{n+k} mag``. Both: ``3 gamma_{n+k} mag``, under
+        ``accumulation_error(1.5 mag, n + k) = 3 gamma_{n+k+4} mag``. Computed over all of
+        ``[0, 1]`` (not the observed point), since the inputs are not fixed."""
+        from .bounds.rounding import accumulation_error, unit_roundoff
+
+        mod = self.module
+        with torch.no_grad():
+            magnitude = self.op.abs_linear(torch.ones_like(l))
+            if isinstance(self.op, BoundAvgPool2d):
+                fan_in = self.op.kernel[0] * self.op.kernel[1]
+            else:
+                fan_in = mod.weight[0].numel()
+                if mod.bias is not None:
+                    shape = (-1,) if isinstance(self.op, BoundLinear) else (-1, 1, 1)
+                    magnitude = magnitude + mod.bias.detach().abs().reshape(shape)
+            return accumulation_error(1.5 * magnitude, fan_in + 1 + self.k, unit_roundoff(l.dtype, l.device))
+
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         return self.op.backward(A, l, u)
 
