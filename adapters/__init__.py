@@ -9,17 +9,18 @@ from __future__ import annotations
 __all__ = ["from_snntorch", "from_spikingjelly"]
 
 
-def from_snntorch(model, input_coding: str = "spike", surrogate=None, input_shape=None):
-    """Convert an snnTorch ``nn.Sequential`` model; see
-    :func:`snn_robust.adapters.snntorch_adapter.from_snntorch`."""
+def from_snntorch(model, example_input=None, input_coding=None, surrogate=None, input_shape=None):
+    """Convert an snnTorch model (an ``nn.Sequential``, or any chain-shaped model given
+    ``example_input``); see :func:`snn_robust.adapters.snntorch_adapter.from_snntorch`."""
     from .snntorch_adapter import from_snntorch as convert
 
-    return convert(model, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)
+    return convert(model, example_input, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)
 
 
-def from_spikingjelly(model, input_coding: str = "spike", surrogate=None, input_shape=None):
-    """Convert a SpikingJelly (2.0.0 or 0.0.0.0.14) model; see
+def from_spikingjelly(model, example_input=None, input_coding=None, surrogate=None, input_shape=None):
+    """Convert a SpikingJelly (2.0.0 or 0.0.0.0.14) model (an ``nn.Sequential``, or any
+    chain-shaped model given ``example_input``); see
     :func:`snn_robust.adapters.spikingjelly_adapter.from_spikingjelly`."""
     from .spikingjelly_adapter import from_spikingjelly as convert
 
-    return convert(model, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)
+    return convert(model, example_input, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)

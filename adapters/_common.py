@@ -28,6 +28,11 @@ __all__ = [
     "plain_sequential",
     "check_heaviside",
     "refuse_batchnorm",
+    "batchnorm_twin",
+    "check_dropout",
+    "SampleFlatten",
+    "flatten_twin",
+    "scan_layers",
     "Collected",
     "qualname",
 ]
@@ -125,28 +130,48 @@ def plain_twin(layer: nn.Module) -> nn.Module:
         )
     if isinstance(layer, nn.MaxPool2d):
         return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.return_indices, layer.ceil_mode)
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return nn.AdaptiveAvgPool2d(layer.output_size)
     if isinstance(layer, nn.Flatten):
         return nn.Flatten(1, -1)
     raise TypeError(f"no plain twin for {type(layer).__name__}")
 
 
-def require_sequential(model: nn.Module, framework: str) -> None:
-    """Refuse a top-level model that is not an ``nn.Sequential`` (its ``forward`` is
-    arbitrary code whose layer order cannot be read), pointing at Sequential children
-    the user may have meant."""
+def require_sequential(model: nn.Module, framework: str, scan: Callable[[], None] | None = None) -> None:
+    """Refuse a top-level model that is not an ``nn.Sequential`` when no example input
+    was given (its ``forward`` is arbitrary code whose layer order cannot be read without
+    running it). ``scan`` first checks every module of the model on its own, so that an
+    unsupported layer or setting is reported before the missing example input."""
     if plain_sequential(model) or _is_framework_sequential(model):
         return
     if not isinstance(model, nn.Module):
         raise TypeError(f"from_{framework} expects a torch nn.Module, got {type(model).__name__}")
+    if scan is not None:
+        scan()
     hint = ""
     seqs = [name for name, child in model.named_children() if isinstance(child, nn.Sequential)]
     if seqs:
         shown = ", ".join(f"{ROOT}.{n}" for n in seqs)
-        hint = f" If its forward only runs {shown} (after input encoding), convert that: from_{framework}({ROOT}.{seqs[0]})."
+        hint = f" (If its forward only runs {shown}, from_{framework}({ROOT}.{seqs[0]}) also works.)"
     raise UnsupportedLayerError(
-        f"{ROOT} ({type(model).__name__}) is not an nn.Sequential, so its layer order cannot be read from it: "
-        f"express the network as an nn.Sequential of supported layers (nested nn.Sequential is fine).{hint}"
+        f"{ROOT} ({type(model).__name__}) is not an nn.Sequential, so its layer order is in the Python code of its "
+        f"forward: pass example_input (one input exactly as {ROOT}(...) takes it, e.g. a batch of 2 samples), "
+        f"from_{framework}({ROOT}, example_input=x), and the adapter runs it once to read the chain of layers and "
+        f"checks the converted network against it.{hint}"
     )
+
+
+def scan_layers(module: nn.Module, path: str, known: Callable[[nn.Module], bool], visit: Callable[[nn.Module, str], None]) -> None:
+    """``visit`` every module below ``module`` that is a layer: a known module that is
+    not a container (a neuron with a surrogate submodule is a layer), or an unknown one
+    without children. Containers and unknown blocks are descended into."""
+    for name, child in module.named_children():
+        sub = child_path(path, name)
+        has_children = next(child.children(), None) is not None
+        if (known(child) and not isinstance(child, nn.Sequential)) or not has_children:
+            visit(child, sub)
+        else:
+            scan_layers(child, sub, known, visit)
 
 
 def plain_sequential(module: nn.Module) -> bool:
@@ -160,13 +185,73 @@ def _is_framework_sequential(model: nn.Module) -> bool:
 
 
 def refuse_batchnorm(module: nn.Module, path: str) -> None:
+    """Refuse the batch normalisations that are not ``BatchNorm1d`` / ``BatchNorm2d``."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         raise UnsupportedLayerError(
-            f"{path} ({qualname(module)}) is not supported: batch normalisation has no spiking bound here. "
-            "Fold it into the Conv2d/Linear before it (at eval it is an affine map per channel), e.g. "
-            "conv = torch.nn.utils.fuse_conv_bn_eval(conv.eval(), bn.eval()) or "
-            "torch.nn.utils.fuse_linear_bn_eval(linear, bn), and remove the BatchNorm from the model before conversion."
+            f"{path} ({qualname(module)}) is not supported: only BatchNorm1d and BatchNorm2d (torch's or "
+            "SpikingJelly's layer.BatchNorm1d/2d) are bounded; a BatchNorm3d or a spiking variant (threshold-dependent, "
+            "temporal-effective, through-time) is not."
         )
+
+
+def batchnorm_twin(module: nn.Module, path: str, per_step: bool) -> nn.Module:
+    """The network layer of a user's ``BatchNorm1d/2d`` (live parameters and statistics;
+    see :mod:`snn_robust.bounds.adapter_ops` for the statistics the bounds use)."""
+    from snn_robust.bounds.adapter_ops import StepBatchNorm
+
+    if not isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        refuse_batchnorm(module, path)
+    return StepBatchNorm(module, per_step=per_step)
+
+
+def check_dropout(module: nn.Module, path: str) -> None:
+    """Dropout is the identity only at eval: refuse a dropout layer in training mode."""
+    p = float(getattr(module, "p", 0.0))
+    if module.training and p > 0:
+        raise ValueError(
+            f"{path} ({qualname(module)}, p={p:g}) is in training mode, where it zeroes random units; the bounds treat "
+            "dropout as the identity (eval mode): call model.eval() before conversion (the converted network never "
+            "drops units, in training as in evaluation), or set p=0"
+        )
+
+
+class SampleFlatten(nn.Flatten):
+    """A user's ``Flatten(start_dim, end_dim)`` spelled differently from ``Flatten(1, -1)``
+    (``Flatten(1, 3)``, ``Flatten(-3, -1)``): accepted where it flattens the whole
+    per-step sample, which depends on the input's rank and is checked at every call.
+    ``start_dim`` / ``end_dim`` (inherited) are ``1, -1``; ``spelled`` is the user's."""
+
+    def __init__(self, start_dim: int, end_dim: int, path: str) -> None:
+        super().__init__(1, -1)
+        self.spelled = (int(start_dim), int(end_dim))
+        self.path = path
+
+    def forward(self, x: Tensor) -> Tensor:
+        rank = x.dim()
+        start, end = (d % rank for d in self.spelled)
+        if start != 1 or end != rank - 1:
+            raise ValueError(
+                f"{self.path} (nn.Flatten(start_dim={self.spelled[0]}, end_dim={self.spelled[1]})) gets a per-step input "
+                f"of shape {tuple(x.shape)}, where it does not flatten each whole sample [B, ...] -> [B, -1]; use nn.Flatten()"
+            )
+        return x.flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"spelled=Flatten{self.spelled}"
+
+
+def flatten_twin(module: nn.Flatten, path: str, start: int, message: Callable[[], str]) -> nn.Module | None:
+    """``None`` when ``module`` is the canonical per-sample flatten (``start_dim=start``,
+    ``end_dim=-1``, ``start`` 1 for a step ``[B, ...]``, 2 for ``[T, B, ...]``), else a
+    :class:`SampleFlatten` in per-step dimensions; raises ``ValueError(message())`` for
+    a spelling that can never flatten a whole sample (one that touches the batch or time)."""
+    s, e = module.start_dim, module.end_dim
+    if s == start and e == -1:
+        return None
+    shift = start - 1  # dims of [T, B, ...] -> dims of one step [B, ...]
+    if (s >= 0 and s != start) or (0 <= e < start) or (s < 0 and e >= 0):
+        raise ValueError(message())
+    return SampleFlatten(s - shift if s >= 0 else s, e - shift if e >= 0 else e, path)
 
 
 def check_heaviside(fn: Callable[[Tensor], Tensor], inclusive: bool, path: str, what: str) -> None:

@@ -37,14 +37,19 @@ from ._common import (
     ROOT,
     Collected,
     FromSource,
+    batchnorm_twin,
+    check_dropout,
     check_heaviside,
     child_path,
+    flatten_twin,
     plain_sequential,
     plain_twin,
     qualname,
     refuse_batchnorm,
     require_sequential,
+    scan_layers,
 )
+from ._trace import convert_traced
 
 __all__ = ["from_spikingjelly", "SpikingJellyNode"]
 
@@ -171,22 +176,35 @@ class SpikingJellyNode(LIF):
 
 def from_spikingjelly(
     model: nn.Module,
-    input_coding: str = "spike",
+    example_input: Tensor | tuple | None = None,
+    input_coding: str | None = None,
     surrogate: Callable | None = None,
     input_shape: Sequence[int] | None = None,
 ):
     """Convert a SpikingJelly model to a :class:`~snn_robust.SpikingNetwork`.
 
     Args:
-        model: an ``nn.Sequential`` (nested ones and SpikingJelly's ``SeqToANNContainer``,
-            ``MultiStepContainer`` and ``StepModeContainer`` are fine) of
-            ``layer.Linear``, ``layer.Conv2d``, ``layer.AvgPool2d``, ``layer.MaxPool2d``,
-            ``layer.Flatten``, ``layer.Dropout`` and the same torch layers
-            (``nn.Identity``, ``nn.Dropout`` too), with ``neuron.IFNode``,
-            ``neuron.LIFNode`` and ``neuron.ParametricLIFNode`` (``v_reset=0.`` or
-            ``None``), in one step mode, ending in a node.
+        model: a chain of ``layer.Linear``, ``layer.Conv2d``, ``layer.AvgPool2d``,
+            ``layer.MaxPool2d``, ``layer.AdaptiveAvgPool2d`` (where it equals an average
+            pool), ``layer.BatchNorm1d/2d``, ``layer.Flatten``, ``layer.Dropout`` (in eval
+            mode) and the same torch layers (``nn.Identity`` too), with
+            ``neuron.IFNode``, ``neuron.LIFNode`` and ``neuron.ParametricLIFNode``
+            (``v_reset=0.`` or ``None``), in one step mode, ending in a node: either an
+            ``nn.Sequential`` (nested ones and SpikingJelly's ``SeqToANNContainer``,
+            ``MultiStepContainer`` and ``StepModeContainer`` are fine), or any module whose
+            forward runs such a chain (the examples' ``CSNN``, ``SNN``, ``MNISTNet``),
+            given ``example_input``.
+        example_input: one input exactly as ``model(...)`` takes it; required when
+            ``model`` is not an ``nn.Sequential``. The model is run once on it to read the
+            chain (module call order and tensor flow) and the converted network's spikes
+            at every layer are checked against that run bit for bit (refused, saying
+            where, if they differ). The run leaves the model as it was (states reset,
+            buffers restored).
         input_coding: ``"spike"`` for binary spike inputs, ``"direct"`` when the first
-            layer gets analog currents (e.g. an image repeated over the steps).
+            layer gets analog currents (e.g. an image repeated over the steps). Default:
+            ``"spike"`` without ``example_input``; with it, ``"direct"`` when the first
+            layer gets the same input at every step (the CSNN's repeat) or non-binary
+            values, else ``"spike"``.
         surrogate: the surrogate gradient the bounds use in training (default: the
             paper's rectangular one); the forward pass is always the exact step.
         input_shape: the per-sample input shape (e.g. ``(1, 28, 28)``), optional; with it
@@ -201,10 +219,13 @@ def from_spikingjelly(
 
     Raises:
         UnsupportedLayerError: a module type that is not supported (other nodes,
-            BatchNorm, a model that is not an ``nn.Sequential``), named with its path.
+            spiking BatchNorm variants), a model that is not an ``nn.Sequential`` given
+            without ``example_input``, or a forward that is not a chain of module calls;
+            named with its path in the user's model.
         ValueError: a supported module with an unsupported setting (a reset voltage other
             than 0, a non-spiking surrogate, mixed step modes, a layer that sees the wrong
-            layout), a model that does not end in a node, a NaN or infinite ``tau``,
+            layout, dropout in training mode), converted spikes that differ from the
+            model's on ``example_input``, a model that does not end in a node, a NaN or infinite ``tau``,
             ``v_threshold``, ``w``, weight or bias (named by its path, e.g. ``model.1``;
             checked again before every bound computation), or an ``input_shape`` the
             layers cannot take.
@@ -212,17 +233,41 @@ def from_spikingjelly(
     Example::
 
         >>> net = snn_robust.from_spikingjelly(model)   # model in step_mode 'm' or 's'
+        >>> net = snn_robust.from_spikingjelly(CSNN(T=4, channels=8), example_input=images)
         >>> lb = snn_robust.compute_bounds(net, lower, upper, labels)
     """
     from spikingjelly.activation_based import base, layer, neuron
 
-    require_sequential(model, "spikingjelly")
+    if isinstance(example_input, str):
+        raise TypeError(f"example_input must be a tensor, got the string {example_input!r}: pass input_coding=... by name")
+    is_neuron = lambda m: isinstance(m, SpikingJellyNode)  # noqa: E731
     converter = _Converter(base, layer, neuron, surrogate, model)
+    if example_input is None:
+        require_sequential(model, "spikingjelly", scan=lambda: converter.scan(model))
     mode, decided_by = converter.infer_mode(model, ROOT)
     converter.mode, converter.decided_by = mode, decided_by
+    if example_input is not None:
+
+        def reset(m: nn.Module) -> None:
+            for sub in m.modules():
+                if isinstance(sub, base.MemoryModule):
+                    sub.reset()
+
+        return convert_traced(
+            model,
+            example_input,
+            known=converter.known,
+            walk=lambda module, path, out: converter.walk(module, path, mode, out),
+            per_step=mode == "s",
+            reset=reset,
+            is_neuron=is_neuron,
+            end_hint=_END_HINT,
+            input_coding=input_coding,
+            input_shape=input_shape,
+        )
     out = Collected()
     converter.walk(model, ROOT, mode, out)
-    return out.build(lambda m: isinstance(m, SpikingJellyNode), input_coding, _END_HINT, input_shape)
+    return out.build(is_neuron, input_coding or "spike", _END_HINT, input_shape)
 
 
 class _Converter:
@@ -243,13 +288,26 @@ class _Converter:
             layer.MaxPool2d: nn.MaxPool2d,
             layer.Flatten: nn.Flatten,
         }
-        kinds = {nn.Linear: "linear", nn.Conv2d: "spatial", nn.AvgPool2d: "spatial", nn.MaxPool2d: "spatial", nn.Flatten: "flatten"}
+        for name in ("AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d"):  # not in every release
+            if hasattr(layer, name):
+                sj_layers[getattr(layer, name)] = getattr(nn, name)
+        kinds = {
+            nn.Linear: "linear",
+            nn.Conv2d: "spatial",
+            nn.AvgPool2d: "spatial",
+            nn.MaxPool2d: "spatial",
+            nn.AdaptiveAvgPool2d: "spatial",
+            nn.Flatten: "flatten",
+            nn.BatchNorm1d: "batchnorm",
+            nn.BatchNorm2d: "batchnorm",
+        }
         self.spatial_kind = {**kinds, **{sj: kinds[torch_type] for sj, torch_type in sj_layers.items()}}
         # One conversion table: exact module type -> handler(module, path, context, out).
         self.table: dict[type, Callable] = {torch_type: self._torch_layer for torch_type in kinds}
         self.table.update({sj: self._sj_layer for sj in sj_layers})
-        for skip in (nn.Identity, nn.Dropout, layer.Dropout):
-            self.table[skip] = self._skip
+        self.table[nn.Identity] = self._skip
+        for dropout in (nn.Dropout, layer.Dropout):
+            self.table[dropout] = self._dropout
         self.table[nn.Sequential] = self._sequential
         self.table[layer.SeqToANNContainer] = self._container
         self.table[layer.MultiStepContainer] = self._container
@@ -314,21 +372,41 @@ class _Converter:
             )
         self._sequential(module, path, inner, out)
 
+    def known(self, module: nn.Module) -> bool:
+        return type(module) in self.table or plain_sequential(module)
+
+    def scan(self, model: nn.Module) -> None:
+        """Check every leaf module of ``model`` on its own, in its own step mode (refusals
+        name the real blocker before the missing example input)."""
+        def visit(module: nn.Module, path: str) -> None:
+            # in its own step mode (a bare torch layer's context is decided by the forward)
+            own = getattr(module, "step_mode", "s") if type(module).__module__.startswith("spikingjelly") else "s"
+            if not self._opaque(module):
+                self.walk(module, path, "m" if own == "m" else "s", Collected())
+
+        scan_layers(model, ROOT, self.known, visit)
+
     @staticmethod
     def _skip(module: nn.Module, path: str, ctx: str, out: Collected) -> None:
-        pass  # identity at eval (dropout) or always (Identity)
+        pass  # identity
+
+    @staticmethod
+    def _dropout(module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        check_dropout(module, path)  # identity at eval
 
     def _torch_layer(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
         kind = self.spatial_kind[type(module)]
+        if kind == "batchnorm" and ctx in _PER_STEP:
+            out.add(batchnorm_twin(module, path, per_step=ctx != "fold"), path, module)
+            return
         if ctx in _PER_STEP or kind == "linear":  # Linear acts on the last dim of [T, B, F] too
-            if kind == "flatten":
-                self._check_flatten(module, path, start=1)
-            out.add(module, path, module)
+            twin = self._flatten_twin(module, path, start=1) if kind == "flatten" else None
+            out.add(module if twin is None else twin, path, module)
             return
         # a bare torch layer in a multi-step network sees [T, B, ...]
         if kind == "flatten":
-            self._check_flatten(module, path, start=2)
-            out.add(plain_twin(module), path, module)
+            twin = self._flatten_twin(module, path, start=2)
+            out.add(plain_twin(module) if twin is None else twin, path, module)
             return
         raise ValueError(
             f"{path} ({qualname(module)}) receives [T, B, ...] in this multi-step network, which it cannot take per "
@@ -349,17 +427,27 @@ class _Converter:
                     )
                 raise self._mixed(module, path, own, ctx)
             if kind == "flatten":
-                self._check_flatten(module, path, start=1)
+                twin = self._flatten_twin(module, path, start=1)
+                if twin is not None:
+                    out.add(twin, path, module)
+                    return
+            if kind == "batchnorm":  # 'm' folds time into the batch, as inside SeqToANNContainer
+                out.add(batchnorm_twin(module, path, per_step=ctx in ("s", "step")), path, module)
+                return
         out.add(plain_twin(module), path, module)
 
     @staticmethod
-    def _check_flatten(module: nn.Flatten, path: str, start: int) -> None:
-        if module.start_dim != start or module.end_dim != -1:
-            layout = "[T, B, ...]" if start == 2 else "one step [B, ...]"
-            raise ValueError(
+    def _flatten_twin(module: nn.Flatten, path: str, start: int) -> nn.Module | None:
+        layout = "[T, B, ...]" if start == 2 else "one step [B, ...]"
+        return flatten_twin(
+            module,
+            path,
+            start,
+            lambda: (
                 f"{path} ({qualname(module)}) has start_dim={module.start_dim}, end_dim={module.end_dim}, but it "
-                f"receives {layout}: only start_dim={start}, end_dim=-1 flattens each sample on its own"
-            )
+                f"receives {layout}: only start_dim={start} (through the last dimension) flattens each sample on its own"
+            ),
+        )
 
     def _node(self, node: nn.Module, path: str, ctx: str, out: Collected) -> None:
         kind = self.nodes[type(node)]
@@ -404,13 +492,21 @@ class _Converter:
                 f"{path} ({name}) is not supported: snn_robust bounds the LIF neuron (one membrane state, "
                 f"hard or soft reset); use one of {nodes} (with v_reset=0. or None)"
             )
+        if type(module).__name__ == "VotingLayer":
+            raise UnsupportedLayerError(
+                f"{path} ({name}) is a readout (class c's score is the mean of output neurons c*voting_size .. "
+                "(c+1)*voting_size-1): readouts after the last spiking layer are not bounded yet. Convert the chain up "
+                "to the last node (for a Sequential ending in it: its slice [:-1], which shares the modules) and bound "
+                "each class score by the mean of its neurons' rate bounds (compute_bounds without labels)"
+            )
         if isinstance(module, self.base.MemoryModule):
             raise UnsupportedLayerError(
                 f"{path} ({name}) is a stateful SpikingJelly module that is not supported; supported stateful "
                 f"modules are {nodes}"
             )
         supported = (
-            "layer.Linear, layer.Conv2d, layer.AvgPool2d, layer.MaxPool2d, layer.Flatten, layer.Dropout and the "
+            "layer.Linear, layer.Conv2d, layer.AvgPool2d, layer.MaxPool2d, layer.AdaptiveAvgPool2d, layer.BatchNorm1d, "
+            "layer.BatchNorm2d, layer.Flatten, layer.Dropout and the "
             f"same torch layers, nn.Identity, nn.Dropout, {nodes}, inside nn.Sequential, layer.SeqToANNContainer, "
             "layer.MultiStepContainer or layer.StepModeContainer"
         )

@@ -18,6 +18,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from .bounds.adapter_ops import StepBatchNorm
 from .bounds.spatial import BoundOp, bound_op
 from .errors import UnsupportedLayerError
 from .neuron import LIF
@@ -25,7 +26,9 @@ from .validation import check_all_finite, check_positive_int
 
 __all__ = ["SpikingNetwork", "Stage", "SPATIAL_LAYERS"]
 
-SPATIAL_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
+SPATIAL_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.AdaptiveAvgPool2d, StepBatchNorm
+)
 INPUT_CODINGS = ("spike", "direct")
 
 
@@ -243,7 +246,9 @@ class SpikingNetwork(nn.Module):
         trains = []
         for stage in self.stages:
             for layer in stage.spatial:
-                x = fold_time(x, layer)
+                # a layer whose step function depends on time (BatchNorm statistics per step) takes [T, B, ...]
+                by_time = getattr(layer, "forward_time", None)
+                x = by_time(x) if by_time is not None else fold_time(x, layer)
             x = stage.lif(x)
             trains.append(x)
         return trains

@@ -357,7 +357,8 @@ def _refusal_cases():
         ("v_reset", lambda: nn.Sequential(lin(), neuron.LIFNode(v_reset=-0.5)), ValueError, "model.1", "v_reset=-0.5"),
         ("spiking_false", lambda: nn.Sequential(lin(), neuron.LIFNode(surrogate_function=surrogate.ATan(spiking=False))), ValueError, "model.1", "spiking=False"),
         ("analog_surrogate", lambda: nn.Sequential(lin(), neuron.LIFNode(surrogate_function=AnalogSurrogate())), ValueError, "model.1", "binary step"),
-        ("batchnorm", lambda: nn.Sequential(layer.Conv2d(1, 2, 3), layer.BatchNorm2d(2), neuron.LIFNode()), sr.UnsupportedLayerError, "model.1", "fuse_conv_bn_eval"),
+        ("batchnorm3d", lambda: nn.Sequential(layer.Conv2d(1, 2, 3), nn.BatchNorm3d(2), neuron.LIFNode()), sr.UnsupportedLayerError, "model.1", "BatchNorm3d"),
+        ("dropout_training", lambda: nn.Sequential(lin(), layer.Dropout(0.5), neuron.LIFNode()), ValueError, "model.1", "model.eval()"),
         ("ends_in_linear", lambda: nn.Sequential(lin(), neuron.LIFNode(), lin()), ValueError, "model.2", "spiking"),
         ("not_sequential", NotSequential, sr.UnsupportedLayerError, "model.conv_fc", "nn.Sequential"),
         ("mixed_modes", lambda: nn.Sequential(lin("m"), neuron.LIFNode(step_mode="m"), lin(), neuron.LIFNode(step_mode="s")), ValueError, "model.3", "set_step_mode"),
@@ -399,13 +400,6 @@ def csnn() -> nn.Module:
         layer.Linear(8 * 7 * 7, 10, bias=False),
         neuron.LIFNode(tau=2.0, surrogate_function=grad),
     )
-
-
-def test_csnn_with_batchnorm_is_refused_with_a_folding_hint():
-    model = nn.Sequential(layer.Conv2d(1, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.LIFNode(), layer.Flatten(), layer.Linear(8 * 28 * 28, 10), neuron.LIFNode())
-    functional.set_step_mode(model, "m")
-    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.1 .*(?i:fold)"):
-        sr.from_spikingjelly(model)
 
 
 @pytest.mark.slow

@@ -315,6 +315,12 @@ _OPS: dict[type[nn.Module], type[BoundOp]] = {
 
 def bound_op(module: nn.Module, name: str) -> BoundOp:
     """The bound operator of a spatial layer (one class per layer type)."""
+    from .adapter_ops import BoundAdaptiveAvgPool2d, BoundBatchNorm, StepBatchNorm  # built on BoundOp above
+
+    if isinstance(module, StepBatchNorm):
+        return BoundBatchNorm(module, name)
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return BoundAdaptiveAvgPool2d(module, name)
     for kind, op in _OPS.items():
         if isinstance(module, kind):
             return op(module, name)

@@ -1,0 +1,576 @@
+"""Adapters on models written the way the snnTorch tutorials and SpikingJelly examples
+write them: class-based models read by running them once (``example_input``),
+BatchNorm, adaptive pooling, Flatten spellings, Dropout.
+
+Each model is checked for: conversion; bit-exact spikes of every neuron layer against the
+model's own forward (read with forward hooks, on an input other than the example);
+soundness of every bound method against the model's own forward on inputs sampled
+inside the bounds; gradients of the certified loss on every parameter of the user's
+model. Shapes are tiny; widths only as large as the examples' fixed layer sizes need.
+"""
+from __future__ import annotations
+
+from copy import deepcopy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_sound
+from torch import nn
+
+import snn_robust as sr
+from snn_robust.bounds.adapter_ops import StepBatchNorm
+
+snn = pytest.importorskip("snntorch")
+pytest.importorskip("spikingjelly")
+from snntorch import surrogate as snn_surrogate  # noqa: E402
+from snntorch import utils as snn_utils  # noqa: E402
+from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+
+SJ_NODES = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
+
+
+# -- reading the user's model ---------------------------------------------------------------
+def own_trains(model: nn.Module, run, neuron_types) -> list[torch.Tensor]:
+    """Every neuron's spike train ``[T, B, N...]`` in the model's own forward ``run()``
+    (hooks on the neurons, in order of first call; one call per step or one per run)."""
+    seen: dict[int, list[torch.Tensor]] = {}
+    order: list[int] = []
+
+    def hook(mod, args, out):
+        if id(mod) not in seen:
+            seen[id(mod)] = []
+            order.append(id(mod))
+        seen[id(mod)].append(out[0] if isinstance(out, tuple) else out)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, neuron_types)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return [seen[k][0] if len(seen[k]) == 1 and seen[k][0].dim() >= 3 and not _per_step(model) else torch.stack(seen[k]) for k in order]
+
+
+def _per_step(model: nn.Module) -> bool:
+    return not any(getattr(m, "step_mode", "s") == "m" for m in model.modules())
+
+
+def assert_same_spikes(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> None:
+    assert len(ours) == len(theirs)
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        assert a.shape == b.shape, (k, a.shape, b.shape)
+        assert torch.equal(a, b.to(a.dtype)), f"layer {k}: {int((a != b).sum())} spikes differ"
+
+
+def assert_every_parameter_gets_gradient(model: nn.Module, loss: torch.Tensor) -> None:
+    model.zero_grad()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def boost(model: nn.Module, factor: float) -> None:
+    """Larger weights, so that the tiny models spike (and the bounds have unstable neurons)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_(factor)
+
+
+def randomize_batchnorm(model: nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.3)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) * 0.2)
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+
+
+# -- snnTorch tutorial 5: class-based, init_hidden=False, a step loop, direct input --------
+NUM_INPUTS, NUM_HIDDEN, NUM_OUTPUTS, NUM_STEPS, BETA = 12, 10, 4, 5, 0.95
+
+
+class Tutorial5Net(nn.Module):
+    """snnTorch tutorial 5's ``Net`` (sizes shrunk)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(NUM_INPUTS, NUM_HIDDEN)
+        self.lif1 = snn.Leaky(beta=BETA)
+        self.fc2 = nn.Linear(NUM_HIDDEN, NUM_OUTPUTS)
+        self.lif2 = snn.Leaky(beta=BETA)
+
+    def forward(self, x):
+        mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+        spk2_rec = []
+        mem2_rec = []
+        for step in range(NUM_STEPS):
+            cur1 = self.fc1(x)
+            spk1, mem1 = self.lif1(cur1, mem1)
+            cur2 = self.fc2(spk1)
+            spk2, mem2 = self.lif2(cur2, mem2)
+            spk2_rec.append(spk2)
+            mem2_rec.append(mem2)
+        return torch.stack(spk2_rec, dim=0), torch.stack(mem2_rec, dim=0)
+
+
+def test_tutorial5_net_converts_exactly_bounds_soundly_and_trains():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = Tutorial5Net()
+    boost(model, 3.0)
+    example = torch.rand(2, NUM_INPUTS, generator=gen)
+    net = sr.from_snntorch(model, example_input=example)
+    assert net.input_coding == "direct" and net.layer_names == ["model.fc1", "model.lif1", "model.fc2", "model.lif2"]
+    assert {id(p) for p in net.parameters()} >= {id(p) for p in model.parameters()}
+
+    x = torch.rand(3, NUM_INPUTS, generator=gen)
+    seq = x.expand(NUM_STEPS, *x.shape)
+    assert_same_spikes(net.simulate(seq), own_trains(model, lambda: model(x), snn.Leaky))
+
+    labels = torch.tensor([0, 1, 3])
+    lower, upper = seq - 0.05, seq + 0.05
+    # the model takes one analog input for all steps: its first step's sample is a point of the box
+    assert_sound(lambda z: model(z[0])[0].mean(0), net, lower, upper, labels, samples=12, gen=gen, binary=False)
+
+    loss = sr.certified_loss(net, x, labels, sr.DirectLinf(0.05), steps=NUM_STEPS)
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+def test_tutorial5_net_given_no_example_asks_for_one():
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model \(Tutorial5Net\) is not an nn.Sequential.*example_input"):
+        sr.from_snntorch(Tutorial5Net())
+
+
+def test_class_model_with_an_unsupported_neuron_names_it_before_asking_for_an_example():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 3)
+            self.syn1 = snn.Synaptic(alpha=0.9, beta=0.8)
+
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.syn1 \(snntorch\.Synaptic\)"):
+        sr.from_snntorch(Net())
+
+
+# -- snnTorch: class-based CNN, init_hidden=True, BatchNorm, Flatten(1, 3), Dropout --------
+class ConvBNNet(nn.Module):
+    """A class-based snnTorch CNN with BatchNorm (as the SAE tutorial's encoder), spike
+    input ``[T, B, 1, 8, 8]`` run step by step, the last ``Leaky`` with ``output=True``."""
+
+    def __init__(self):
+        super().__init__()
+        spike_grad = snn_surrogate.fast_sigmoid(slope=25)
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(3)
+        self.lif1 = snn.Leaky(beta=0.8, spike_grad=spike_grad, init_hidden=True)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.flat = nn.Flatten(1, 3)
+        self.drop = nn.Dropout(0.25)
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+        self.bn2 = nn.BatchNorm1d(4)
+        self.lif2 = snn.Leaky(beta=0.8, spike_grad=spike_grad, init_hidden=True, output=True)
+
+    def forward(self, x):
+        snn_utils.reset(self)
+        spk_rec = []
+        for step in range(x.size(0)):
+            cur1 = self.bn1(self.conv1(x[step]))
+            spk1 = self.lif1(cur1)
+            cur2 = self.bn2(self.fc(self.drop(self.flat(self.pool(spk1)))))
+            spk2, mem2 = self.lif2(cur2)
+            spk_rec.append(spk2)
+        return torch.stack(spk_rec)
+
+
+def test_snntorch_conv_batchnorm_net_eval_converts_exactly_bounds_soundly_and_trains():
+    torch.manual_seed(1)
+    gen = torch.Generator().manual_seed(1)
+    model = ConvBNNet()
+    boost(model, 2.0)
+    randomize_batchnorm(model, gen)
+    model.eval()
+    example = torch.rand(4, 2, 1, 8, 8, generator=gen).bernoulli(generator=gen)
+    net = sr.from_snntorch(model, example_input=example)
+    assert net.input_coding == "spike"
+    assert [type(layer).__name__ for layer in net.layers] == [
+        "Conv2d", "StepBatchNorm", "SnnTorchLeaky", "AdaptiveAvgPool2d", "SampleFlatten", "Linear", "StepBatchNorm", "SnnTorchLeaky"
+    ]
+    x = torch.rand(4, 3, 1, 8, 8, generator=gen).bernoulli(generator=gen)
+    assert_same_spikes(net.simulate(x), own_trains(model, lambda: model(x), snn.Leaky))
+
+    labels = torch.tensor([0, 2, 3])
+    lower, upper = sr.SpikeL0(0.05).bounds(x, 4, gen)
+    assert_sound(lambda z: model(z).mean(0), net, lower, upper, labels, samples=12, gen=gen)
+
+    loss = sr.certified_loss(net, x, labels, sr.SpikeL0(0.05), steps=4, generator=gen)
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+def test_snntorch_batchnorm_in_train_mode_matches_per_step_statistics_and_restores_running_stats():
+    gen = torch.Generator().manual_seed(2)
+    model = ConvBNNet()
+    model.drop.p = 0.0  # dropout in training mode is refused; p=0 is the identity
+    boost(model, 2.0)
+    before = model.bn1.running_mean.clone(), model.bn1.num_batches_tracked.clone()
+    example = torch.rand(3, 4, 1, 8, 8, generator=gen).bernoulli(generator=gen)
+    net = sr.from_snntorch(model, example_input=example)
+    # the conversion's runs leave no trace in the user's model
+    assert torch.equal(model.bn1.running_mean, before[0]) and torch.equal(model.bn1.num_batches_tracked, before[1])
+    x = torch.rand(3, 4, 1, 8, 8, generator=gen).bernoulli(generator=gen)
+    theirs = own_trains(model, lambda: model(x), snn.Leaky)
+    after_theirs = model.bn1.running_mean.clone()
+    model.bn1.running_mean.copy_(before[0])
+    model.bn1.num_batches_tracked.copy_(before[1])
+    model.bn2.reset_running_stats()
+    ours = net.simulate(x)
+    assert_same_spikes(ours, theirs)
+    assert torch.equal(model.bn1.running_mean, after_theirs)  # the same T running-statistics updates
+
+
+def test_dropout_in_training_mode_is_refused_with_the_fix():
+    model = ConvBNNet()  # training mode, p = 0.25
+    example = torch.zeros(2, 2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"model\.drop \(nn\.Dropout, p=0\.25\) is in training mode.*model\.eval\(\)"):
+        sr.from_snntorch(model, example_input=example)
+
+
+# -- SpikingJelly examples ----------------------------------------------------------------
+class LifFcSNN(nn.Module):
+    """SpikingJelly's ``examples/lif_fc_mnist.py`` ``SNN`` (single-step, called once per step)."""
+
+    def __init__(self, tau):
+        super().__init__()
+        self.layer = nn.Sequential(
+            layer.Flatten(),
+            layer.Linear(28 * 28, 10, bias=False),
+            neuron.LIFNode(tau=tau, surrogate_function=surrogate.ATan()),
+        )
+
+    def forward(self, x: torch.Tensor):
+        return self.layer(x)
+
+
+def test_lif_fc_mnist_snn_converts_exactly_and_bounds_soundly():
+    torch.manual_seed(3)
+    gen = torch.Generator().manual_seed(3)
+    model = LifFcSNN(tau=2.0)
+    boost(model, 8.0)
+    example = torch.rand(2, 1, 28, 28, generator=gen).bernoulli(generator=gen)  # one Poisson-encoded step
+    net = sr.from_spikingjelly(model, example_input=example)
+    assert net.input_coding == "spike" and net.layer_names[-1] == "model.layer.2"
+
+    images = torch.rand(3, 1, 28, 28, generator=gen)
+    x = sr.bernoulli_encode(images, 4, gen)
+
+    def loop():  # the example's own evaluation loop: one call per step
+        functional.reset_net(model)
+        return torch.stack([model(x[t]) for t in range(x.shape[0])])
+
+    assert_same_spikes(net.simulate(x), own_trains(model, loop, SJ_NODES))
+
+    def rates(z):
+        functional.reset_net(model)
+        return torch.stack([model(z[t]) for t in range(z.shape[0])]).mean(0)
+
+    labels = torch.tensor([1, 7, 9])
+    lower, upper = sr.DigitalLinf(0.05).bounds(images, 3, gen)
+    assert_sound(rates, net, lower, upper, labels, samples=10, gen=gen)
+    loss = sr.certified_loss(net, images, labels, sr.DigitalLinf(0.05), steps=3, generator=gen)
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+class CSNN(nn.Module):
+    """SpikingJelly's ``examples/conv_fashion_mnist.py`` ``CSNN`` (multi-step, BatchNorm,
+    the image repeated over ``T``: direct coding)."""
+
+    def __init__(self, T: int, channels: int, use_cupy=False):
+        super().__init__()
+        self.T = T
+
+        self.conv_fc = nn.Sequential(
+            layer.Conv2d(1, channels, kernel_size=3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+            layer.MaxPool2d(2, 2),  # 14 * 14
+
+            layer.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+            layer.MaxPool2d(2, 2),  # 7 * 7
+
+            layer.Flatten(),
+            layer.Linear(channels * 7 * 7, channels * 4 * 4, bias=False),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+
+            layer.Linear(channels * 4 * 4, 10, bias=False),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+        )
+
+        functional.set_step_mode(self, step_mode='m')
+
+    def forward(self, x: torch.Tensor):
+        # x.shape = [N, C, H, W]
+        x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [N, C, H, W] -> [T, N, C, H, W]
+        x_seq = self.conv_fc(x_seq)
+        fr = x_seq.mean(0)
+        return fr
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_csnn_converts_exactly_bounds_soundly_and_trains(training):
+    torch.manual_seed(4)
+    gen = torch.Generator().manual_seed(4)
+    model = CSNN(T=3, channels=2)
+    boost(model, 1.5)
+    randomize_batchnorm(model, gen)
+    model.train(training)
+    net = sr.from_spikingjelly(model, example_input=torch.rand(2, 1, 28, 28, generator=gen))
+    assert net.input_coding == "direct"
+    assert sum(isinstance(layer_, StepBatchNorm) and not layer_.per_step for layer_ in net.layers) == 2
+
+    images = torch.rand(3, 1, 28, 28, generator=gen)
+    seq = images.expand(3, *images.shape)
+    labels = torch.tensor([2, 5, 8])
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    theirs = own_trains(model, lambda: (functional.reset_net(model), model(images)), SJ_NODES)
+    model.load_state_dict(saved)  # the same running statistics before our forward
+    assert_same_spikes(net.simulate(seq), theirs)
+
+    if training:
+        # the bound uses the clean batch's statistics as constants (net.simulate recorded them):
+        # it bounds the model evaluated with those statistics
+        reference = CSNN(T=3, channels=2)
+        reference.load_state_dict(model.state_dict())
+        for ours_bn, ref_bn in zip(
+            [m for m in net.layers if isinstance(m, StepBatchNorm)],
+            [m for m in reference.modules() if isinstance(m, nn.BatchNorm2d)],
+        ):
+            ref_bn.running_mean.copy_(ours_bn.clean_stats[0])
+            ref_bn.running_var.copy_(ours_bn.clean_stats[1])
+        reference.eval()
+    else:
+        reference = model
+
+    def rates(z):
+        functional.reset_net(reference)
+        return reference.conv_fc(z).mean(0)
+
+    lower, upper = seq - 0.02, seq + 0.02
+    methods = ("ibp", "crown-ibp", "crown-ibp-adaptive")
+    assert_sound(rates, net, lower, upper, labels, samples=6, gen=gen, binary=False, methods=methods)
+
+    net(seq)  # the clean forward of the training step
+    loss = sr.certified_loss(net, images, labels, sr.DirectLinf(0.02), steps=3)
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+def test_batchnorm_in_train_mode_without_a_clean_forward_says_what_to_do():
+    model = CSNN(T=2, channels=2)
+    net = sr.from_spikingjelly(model, example_input=torch.rand(2, 1, 28, 28))
+    seq = torch.rand(2, 2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"model\.conv_fc\.1 .*run the network on the clean batch first"):
+        sr.compute_bounds(net, seq, seq + 0.01)
+
+
+# -- refusals of forwards that are not a chain ------------------------------------------------
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.lif1 = snn.Leaky(beta=0.9, init_hidden=True)
+        self.fc2 = nn.Linear(4, 4)
+        self.lif2 = snn.Leaky(beta=0.9, init_hidden=True)
+
+    def forward(self, x):
+        out = []
+        for step in range(x.shape[0]):
+            s1 = self.lif1(self.fc1(x[step]))
+            out.append(self.lif2(self.fc2(s1) + x[step]))
+        return torch.stack(out)
+
+
+class FunctionalPool(nn.Module):
+    """snnTorch tutorial 6's class-based CNN pools with ``F.max_pool2d`` (not a module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, 3)
+        self.lif1 = snn.Leaky(beta=0.5)
+        self.fc1 = nn.Linear(2 * 3 * 3, 3)
+        self.lif2 = snn.Leaky(beta=0.5)
+
+    def forward(self, x):
+        mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+        out = []
+        for step in range(2):
+            cur1 = F.max_pool2d(self.conv1(x), 2)
+            spk1, mem1 = self.lif1(cur1, mem1)
+            cur2 = self.fc1(spk1.view(x.shape[0], -1))
+            spk2, mem2 = self.lif2(cur2, mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
+class PresetMembrane(nn.Module):
+    """A SpikingJelly model whose forward starts its node from a non-zero membrane."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = layer.Linear(4, 3)
+        self.sn = neuron.IFNode()
+
+    def forward(self, x):
+        self.sn.v = torch.full((x.shape[0], 3), 0.9)
+        return self.sn(self.fc(x))
+
+
+def test_forward_that_is_not_a_chain_is_refused_with_both_paths():
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.lif2 .*does not take the output of model\.fc2"):
+        sr.from_snntorch(Residual(), example_input=torch.ones(2, 3, 4))
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.lif1 .*does not take the output of model\.conv1"):
+        sr.from_snntorch(FunctionalPool(), example_input=torch.ones(2, 1, 8, 8))
+
+
+def test_view_to_batch_by_features_between_layers_is_a_flatten():
+    class ViewNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 2, 3)
+            self.lif1 = snn.Leaky(beta=0.5)
+            self.fc1 = nn.Linear(2 * 6 * 6, 3)
+            self.lif2 = snn.Leaky(beta=0.5)
+
+        def forward(self, x):
+            mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+            out = []
+            for step in range(3):
+                spk1, mem1 = self.lif1(self.conv1(x), mem1)
+                spk2, mem2 = self.lif2(self.fc1(spk1.view(x.shape[0], -1)), mem2)
+                out.append(spk2)
+            return torch.stack(out)
+
+    model = ViewNet()
+    boost(model, 3.0)
+    x = torch.rand(2, 1, 8, 8)
+    net = sr.from_snntorch(model, example_input=x)
+    assert net.layer_names[2] == "model.forward (flatten before model.fc1)"
+    assert_same_spikes(net.simulate(x.expand(3, *x.shape)), own_trains(model, lambda: model(x), snn.Leaky))
+
+
+def test_spikes_that_differ_from_the_model_are_refused():
+    with pytest.raises(ValueError, match=r"model\.sn .*differ from model's own forward"):
+        sr.from_spikingjelly(PresetMembrane(), example_input=torch.ones(2, 4))
+
+
+def test_membrane_not_carried_between_steps_is_refused():
+    class Forgetful(Tutorial5Net):
+        def forward(self, x):
+            out = []
+            for step in range(3):
+                spk1, _ = self.lif1(self.fc1(x), self.lif1.init_leaky())
+                spk2, _ = self.lif2(self.fc2(spk1), self.lif2.init_leaky())
+                out.append(spk2)
+            return torch.stack(out)
+
+    with pytest.raises(ValueError, match=r"model\.lif1 .*step 1 a membrane"):
+        sr.from_snntorch(Forgetful(), example_input=torch.ones(2, NUM_INPUTS))
+
+
+# -- smaller layers -----------------------------------------------------------------------------
+def test_flatten_spellings_that_flatten_the_sample_are_accepted():
+    for flat in (nn.Flatten(1, 3), nn.Flatten(start_dim=1, end_dim=-1), nn.Flatten(-3, -1)):
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), flat, nn.Linear(2 * 2 * 2, 3), snn.Leaky(0.5, init_hidden=True))
+        net = sr.from_snntorch(model)
+        assert net(torch.ones(2, 3, 1, 4, 4)).shape == (3, 3)
+    bad = sr.from_snntorch(nn.Sequential(nn.Flatten(1, 2), nn.Linear(4, 3), snn.Leaky(0.5, init_hidden=True)))
+    with pytest.raises(ValueError, match=r"model\.0 \(nn\.Flatten\(start_dim=1, end_dim=2\)\).*nn\.Flatten\(\)"):
+        bad(torch.ones(2, 3, 1, 2, 2))
+
+
+def test_adaptive_pool_that_is_not_an_average_pool_is_refused_in_the_bounds():
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(9, 2), snn.Leaky(0.5, init_hidden=True))
+    net = sr.from_snntorch(model)
+    x = torch.ones(2, 1, 1, 4, 4)
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.0 \(AdaptiveAvgPool2d\).*does not divide"):
+        sr.compute_bounds(net, x, x)
+
+
+def test_spike_coding_of_count_frames_is_refused_with_the_binarization():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), snn.Leaky(0.5, init_hidden=True))
+    frames = torch.tensor([[[0.0, 2.0, 1.0, 3.0]]])  # one step of a tonic ToFrame count frame
+    with pytest.raises(ValueError, match=r"ToFrame.*\(frames > 0\)\.float\(\)"):
+        sr.from_snntorch(model, example_input=frames[0], input_coding="spike")
+
+
+class MNISTNet(nn.Module):
+    """SpikingJelly's ``activation_based/model/parametric_lif_net.py`` ``MNISTNet``
+    (PLIF, BatchNorm, Dropout, a ``VotingLayer`` readout)."""
+
+    def __init__(self, channels=128, spiking_neuron: callable = None, **kwargs):
+        super().__init__()
+
+        self.conv_fc = nn.Sequential(
+            layer.Conv2d(1, channels, kernel_size=3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            spiking_neuron(**deepcopy(kwargs)),
+            layer.MaxPool2d(2, 2),
+
+            layer.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            spiking_neuron(**deepcopy(kwargs)),
+            layer.MaxPool2d(2, 2),
+
+            layer.Flatten(),
+            layer.Dropout(0.5),
+            layer.Linear(channels * 7 * 7, 2048),
+            spiking_neuron(**deepcopy(kwargs)),
+            layer.Dropout(0.5),
+            layer.Linear(2048, 100),
+            spiking_neuron(**deepcopy(kwargs)),
+            layer.VotingLayer()
+        )
+
+    def forward(self, x: torch.Tensor):
+        return self.conv_fc(x)
+
+
+def test_mnistnet_voting_readout_is_refused_and_its_spiking_chain_converts_exactly_and_trains():
+    torch.manual_seed(5)
+    gen = torch.Generator().manual_seed(5)
+    model = MNISTNet(channels=2, spiking_neuron=neuron.ParametricLIFNode, surrogate_function=surrogate.ATan(), detach_reset=True)
+    functional.set_step_mode(model, "m")
+    boost(model, 8.0)
+    randomize_batchnorm(model, gen)
+    model.eval()
+    x = torch.rand(3, 2, 1, 28, 28, generator=gen).bernoulli(generator=gen)
+    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.conv_fc\.15 .*VotingLayer.*readout.*\[:-1\]"):
+        sr.from_spikingjelly(model, example_input=x)
+
+    chain = model.conv_fc[:-1]  # the advice of the refusal: the same modules, without the readout
+    net = sr.from_spikingjelly(chain)
+    functional.reset_net(model)
+    assert_same_spikes(net.simulate(x), own_trains(chain, lambda: chain(x), SJ_NODES))
+
+    labels = torch.tensor([3, 42])
+    lower, upper = sr.SpikeL0(0.01).bounds(x, 2, gen)
+
+    def rates(z):
+        functional.reset_net(chain)
+        return chain(z).mean(0)
+
+    assert_sound(rates, net, lower, upper, labels, samples=4, gen=gen, methods=("ibp", "crown-ibp"))
+    # certified fine-tuning in eval mode (running statistics, dropout off)
+    loss = sr.certified_loss(net, x, labels, sr.SpikeL0(0.01), steps=2, generator=gen)
+    chain.zero_grad()
+    loss.backward()
+    for name, p in chain.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    zero = [name for name, p in chain.named_parameters() if not p.grad.abs().sum() > 0]
+    assert not zero, f"no gradient reached {zero}"
