@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_sound
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import snn_robust as sr
@@ -574,3 +576,133 @@ def test_mnistnet_voting_readout_is_refused_and_its_spiking_chain_converts_exact
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     zero = [name for name, p in chain.named_parameters() if not p.grad.abs().sum() > 0]
     assert not zero, f"no gradient reached {zero}"
+
+
+# -- the bound operators on their own (property-based) ----------------------------------------
+@settings(max_examples=30)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    kind=st.sampled_from(["bn1d", "bn1d_seq", "bn2d"]),
+    affine=st.booleans(),
+    training=st.booleans(),
+)
+def test_batchnorm_op_interval_and_backward_hold_for_the_torch_module(seed, kind, affine, training):
+    """For the statistics the op uses (running ones in eval, the recorded clean ones in
+    train), torch's own BatchNorm on any point of the box lies in the interval and above
+    the backward linear bound; gradients reach weight and bias."""
+    gen = torch.Generator().manual_seed(seed)
+    C = 3
+    bn = nn.BatchNorm2d(C, affine=affine) if kind == "bn2d" else nn.BatchNorm1d(C, affine=affine)
+    shape = {"bn1d": (C,), "bn1d_seq": (C, 4), "bn2d": (C, 3, 3)}[kind]
+    with torch.no_grad():
+        if affine:
+            bn.weight.copy_(torch.randn(C, generator=gen) * 2)  # negative scales too
+            bn.bias.copy_(torch.randn(C, generator=gen))
+        bn.running_mean.copy_(torch.randn(C, generator=gen))
+        bn.running_var.copy_(torch.rand(C, generator=gen) * 3 + 0.01)
+    twin = StepBatchNorm(bn, per_step=bool(seed % 2))
+    op = sr.network.bound_op(twin, "bn")
+    bn.train(training)
+    if training:
+        twin.forward_time(torch.randn(2, 4, *shape, generator=gen) * 2 + 1)  # the clean batch
+        mean, var = twin.clean_stats
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    reference = nn.BatchNorm2d(C, affine=affine) if kind == "bn2d" else nn.BatchNorm1d(C, affine=affine)
+    reference.load_state_dict(bn.state_dict())
+    with torch.no_grad():
+        reference.running_mean.copy_(mean)
+        reference.running_var.copy_(var)
+    reference.eval()
+
+    centre = torch.randn(5, *shape, generator=gen)
+    rad = torch.rand(5, *shape, generator=gen)
+    l, u = centre - rad, centre + rad
+    lo, hi = op.interval(l, u)
+    err = op.rounding_error(l, u)
+    A = torch.randn(5, 2, *shape, generator=gen)
+    A_in, bias = op.backward(A, l, u)
+    for _ in range(20):
+        x = l + torch.rand(l.shape, generator=gen) * (u - l)
+        with torch.no_grad():
+            y = reference(x)
+        assert (y >= lo - err).all() and (y <= hi + err).all()
+        lhs = (A * y.unsqueeze(1)).flatten(2).sum(-1)
+        rhs = (A_in * x.unsqueeze(1)).flatten(2).sum(-1) + bias
+        torch.testing.assert_close(lhs, rhs, atol=1e-4, rtol=1e-4)  # an affine map: exact
+    if affine:
+        (lo.sum() + hi.sum() + bias.sum()).backward()
+        assert bn.weight.grad is not None and bn.bias.grad is not None
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**31 - 1), out=st.sampled_from([1, 2, (1, 3), (2, None)]))
+def test_adaptive_avg_pool_op_equals_the_average_pool_it_is(seed, out):
+    gen = torch.Generator().manual_seed(seed)
+    pool = nn.AdaptiveAvgPool2d(out)
+    op = sr.network.bound_op(pool, "pool")
+    l = torch.randn(3, 2, 6, 6, generator=gen)
+    u = l + torch.rand(l.shape, generator=gen)
+    lo, hi = op.interval(l, u)
+    A = torch.randn(3, 4, *pool(l).shape[1:], generator=gen)
+    A_in, bias = op.backward(A, l, u)
+    for _ in range(10):
+        x = l + torch.rand(l.shape, generator=gen) * (u - l)
+        y = pool(x)
+        assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all()
+        lhs = (A * y.unsqueeze(1)).flatten(2).sum(-1)
+        rhs = (A_in * x.unsqueeze(1)).flatten(2).sum(-1) + bias
+        torch.testing.assert_close(lhs, rhs, atol=1e-4, rtol=1e-4)
+
+
+class SingleStepLoop(nn.Module):
+    """A SpikingJelly single-step model whose forward runs the steps itself (spike input
+    ``[T, B, 1, 6, 6]``), with a torch BatchNorm2d and Dropout inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.bn = nn.BatchNorm2d(2)
+        self.sn1 = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan())
+        self.flat = layer.Flatten()
+        self.drop = layer.Dropout(0.3)
+        self.fc = layer.Linear(2 * 4 * 4, 3)
+        self.sn2 = neuron.IFNode(v_reset=None, surrogate_function=surrogate.ATan())
+
+    def forward(self, x):
+        out = []
+        for t in range(x.shape[0]):
+            out.append(self.sn2(self.fc(self.drop(self.flat(self.sn1(self.bn(self.conv(x[t]))))))))
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_single_step_spikingjelly_class_with_its_own_loop(training):
+    torch.manual_seed(6)
+    gen = torch.Generator().manual_seed(6)
+    model = SingleStepLoop()
+    boost(model, 3.0)
+    randomize_batchnorm(model, gen)
+    model.eval()
+    if training:
+        model.bn.train()  # batch statistics per step, as the model's loop computes them
+    x = torch.rand(4, 3, 1, 6, 6, generator=gen).bernoulli(generator=gen)
+    net = sr.from_spikingjelly(model, example_input=x)
+    assert net.input_coding == "spike" and [n for n in net.layer_names if "bn" in n] == ["model.bn"]
+    assert net.layers[1].per_step
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    theirs = own_trains(model, lambda: (functional.reset_net(model), model(x)), SJ_NODES)
+    after = model.bn.running_mean.clone()
+    model.load_state_dict(saved)
+    assert_same_spikes(net.simulate(x), theirs)
+    assert torch.equal(model.bn.running_mean, after)
+
+    model.eval()
+    labels = torch.tensor([0, 1, 2])
+    lower, upper = sr.SpikeL0(0.1).bounds(x, 3, gen)
+
+    def rates(z):
+        functional.reset_net(model)
+        return model(z).mean(0)
+
+    assert_sound(rates, net, lower, upper, labels, samples=8, gen=gen)
