@@ -174,6 +174,7 @@ def test_nonfinite_weight_refused_at_construction(value):
 def test_check_all_finite_names_the_first_bad_tensor_only_on_failure():
     good, bad = torch.zeros(3), torch.tensor([0.0, float("nan"), float("inf")])
     check_all_finite([("a", good), ("b", good.long()), ("empty", torch.zeros(0))])  # passes
+    check_all_finite([("huge", torch.full((4,), 3e38)), ("half", torch.full((8,), 6e4, dtype=torch.float16))])  # sums overflow, elements finite
     with pytest.raises(ValueError, match=r"^b contains 1 NaN and 1 infinite values among 3; why$"):
         check_all_finite([("a", good), ("b", bad)], "why")
 
@@ -238,7 +239,7 @@ def test_float64_direct_bounds_cast_to_a_float32_network_stay_sound():
         torch.testing.assert_close(got, sr.compute_bounds(net, lower.float(), upper.float(), LABELS, method=method))
 
 
-@settings(max_examples=5)
+@settings(max_examples=3)
 @given(seed=st.integers(0, 2**16))
 def test_float64_network_with_float64_bounds_is_sound(seed):
     net = conv_net().double()
@@ -248,7 +249,7 @@ def test_float64_network_with_float64_bounds_is_sound(seed):
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.8)
     lower, upper = box(seed=seed)
     lower, upper = lower.double(), upper.double()
-    margins = assert_sound(net, net, lower, upper, LABELS, samples=10, gen=gen)
+    margins = assert_sound(net, net, lower, upper, LABELS, samples=8, gen=gen)
     assert all(m.dtype == torch.float64 for m in margins.values())
 
 
@@ -339,6 +340,16 @@ def test_bad_direct_range_refused(low, high):
 def test_bad_steps_refused(steps):
     with pytest.raises(ValueError, match="steps must be a positive int"):
         sr.DigitalLinf(0.1).bounds(torch.rand(2, 1, 4, 4), steps)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(final_eps="0.1", ramp_steps=3), TypeError), (dict(final_eps=float("inf"), ramp_steps=3), ValueError),
+    (dict(final_eps=True, ramp_steps=3), TypeError), (dict(final_eps=0.1, ramp_steps=2.0), ValueError),
+    (dict(final_eps=0.1, ramp_steps=-1), ValueError),
+])
+def test_bad_eps_schedule_refused(kwargs, error):
+    with pytest.raises(error, match="EpsSchedule: (final_eps|ramp_steps) must"):
+        sr.EpsSchedule(**kwargs)
 
 
 def test_validators():
