@@ -163,17 +163,22 @@ class SpikingNetwork(nn.Module):
     def check_parameters(self) -> None:
         """Raise ``ValueError`` naming the layer if a LIF parameter leaves its proven range
         (:meth:`LIF.check_parameters`) or a spatial layer's weight or bias holds a NaN or
-        an infinity. Cheap enough for every training step: one fused ``isfinite(p).all()``
-        per parameter and one device sync for all of them (plus one per LIF layer)."""
+        an infinity. Cheap enough for every training step: one fused sum per parameter
+        (:func:`~snn_robust.validation.check_all_finite`) and one device sync for all of them
+        (plus one per LIF layer)."""
         for stage in self.stages:
             stage.lif.check_parameters(f"layer {stage.name} ({stage.lif.layer_kind})")
+        named = [
+            (f"layer {op.name} ({type(layer).__name__}) {pname}", p)
+            for stage in self.stages
+            for layer, op in zip(stage.spatial, stage.ops)
+            for pname, p in layer.named_parameters()
+        ]
+        readout = getattr(self, "readout", None)
+        if readout is not None:  # class scores linear in the rates
+            named += [(f"readout {pname}", p) for pname, p in readout.named_parameters()]
         check_all_finite(
-            (
-                (f"layer {op.name} ({type(layer).__name__}) {pname}", p)
-                for stage in self.stages
-                for layer, op in zip(stage.spatial, stage.ops)
-                for pname, p in layer.named_parameters()
-            ),
+            named,
             "bounds of a network with non-finite weights mean nothing (a diverged training step? restore a "
             "checkpoint or lower the learning rate)",
         )
