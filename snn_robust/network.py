@@ -217,18 +217,19 @@ class SpikingNetwork(nn.Module):
         return "see the network's first layer"
 
     def _check_sample_shape(self, sample: tuple[int, ...], what: str) -> None:
-        """Run one zero sample of shape ``sample`` through the spatial layers (LIF layers
+        """Run zero samples of shape ``sample`` through the spatial layers (LIF layers
         keep shapes) and turn torch's shape error into one naming the layer. Conv and
         pooling layers get an explicit rank check, since torch would read a 3-D batch as
         one unbatched image."""
         if sample in self._shapes_ok:
             return
-        x = torch.zeros((1, *sample), dtype=self.dtype, device=self.device)
+        # two samples: a layer using batch statistics (BatchNorm without running ones) needs more than one
+        x = torch.zeros((2, *sample), dtype=self.dtype, device=self.device)
         with torch.no_grad():
             for stage in self.stages:
                 for layer, op in zip(stage.spatial, stage.ops):
                     error = ""
-                    if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)) and x.dim() != 4:
+                    if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)) and x.dim() != 4:
                         error = f"it needs 3 dimensions [C, H, W] per sample, got {x.dim() - 1}"
                     else:
                         try:
