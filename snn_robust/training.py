@@ -727,8 +727,10 @@ def _make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Op
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
     r"""The ``"cosine"`` learning-rate factor at (0-based) iteration ``step``:
     ``(step + 1) / W`` during the warm-up (``step < W``), then
-    :math:`\tfrac12 (1 + \cos(\pi (k - W) / (K - W)))` with ``K = total_steps``, reaching 0 at
-    ``k = K`` (and staying 0 after it)."""
+    :math:`\tfrac12 (1 + \cos(\pi (k - W) / (K - W)))` with ``K = total_steps``; 0 from
+    ``k = K`` on."""
+    if step >= total_steps:
+        return 0.0
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
