@@ -9,12 +9,14 @@ from __future__ import annotations
 __all__ = ["from_snntorch", "from_spikingjelly"]
 
 
-def from_snntorch(model, example_input=None, input_coding=None, surrogate=None, input_shape=None):
+def from_snntorch(model, example_input=None, input_coding=None, surrogate=None, input_shape=None, num_classes=None):
     """Convert an snnTorch model (an ``nn.Sequential``, or any chain-shaped model given
     ``example_input``); see :func:`snn_robust.adapters.snntorch_adapter.from_snntorch`."""
     from .snntorch_adapter import from_snntorch as convert
 
-    return convert(model, example_input, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape)
+    return convert(
+        model, example_input, input_coding=input_coding, surrogate=surrogate, input_shape=input_shape, num_classes=num_classes
+    )
 
 
 def from_spikingjelly(model, example_input=None, input_coding=None, surrogate=None, input_shape=None):

@@ -275,17 +275,29 @@ def check_heaviside(fn: Callable[[Tensor], Tensor], inclusive: bool, path: str, 
 
 
 class Collected:
-    """The converted layers in order, with their paths and the user's modules."""
+    """The converted layers in order, with their paths and the user's modules, and the
+    readout after the last spiking layer if the model has one."""
 
     def __init__(self) -> None:
         self.layers: list[nn.Module] = []
         self.names: list[str] = []
         self.sources: list[nn.Module] = []
+        self.readout: tuple[nn.Module, str, nn.Module] | None = None  # (RateReadout, path, user's module)
 
     def add(self, layer: nn.Module, path: str, source: nn.Module) -> None:
+        if self.readout is not None:
+            raise ValueError(
+                f"{path} ({qualname(source)}) comes after the readout {self.readout[1]} "
+                f"({qualname(self.readout[2])}): a readout must be the model's last layer"
+            )
         self.layers.append(layer)
         self.names.append(path)
         self.sources.append(source)
+
+    def set_readout(self, readout: nn.Module, path: str, source: nn.Module) -> None:
+        if self.readout is not None:
+            raise ValueError(f"{path} ({qualname(source)}) is a second readout after {self.readout[1]}")
+        self.readout = (readout, path, source)
 
     def build(
         self,
@@ -294,15 +306,25 @@ class Collected:
         end_hint: str,
         input_shape: Sequence[int] | None = None,
     ):
-        """Check that the model ends in a spiking layer and build the network (which
-        checks the neuron parameters and weights, naming each layer by its path)."""
+        """Check that the model ends in a spiking layer (or a readout linear in its rates:
+        a voting layer, or one ``nn.Linear`` whose per-step outputs are averaged over time)
+        and build the network (which checks the neuron parameters and weights, naming each
+        layer by its path)."""
+        from snn_robust.bounds.adapter_ops import RateReadout
         from snn_robust.network import SpikingNetwork
 
         if not any(is_neuron(layer) for layer in self.layers):
             raise UnsupportedLayerError(f"{ROOT} contains no supported spiking neuron; {end_hint}")
-        if not is_neuron(self.layers[-1]):
-            raise ValueError(
-                f"{self.names[-1]} ({qualname(self.sources[-1])}) is the last layer, so the model does not output "
-                f"spikes: the bounds are on output spike rates and need a spiking output layer; {end_hint}"
-            )
-        return SpikingNetwork(self.layers, input_coding=input_coding, names=self.names, input_shape=input_shape)
+        layers, names = list(self.layers), list(self.names)
+        readout = self.readout[0] if self.readout is not None else None
+        if not is_neuron(layers[-1]):
+            if readout is None and len(layers) >= 2 and type(layers[-1]) is nn.Linear and is_neuron(layers[-2]):
+                readout = RateReadout("linear", layers[-1])  # mean_t(W s_t + b) = W rate + b
+                layers, names = layers[:-1], names[:-1]
+            else:
+                raise ValueError(
+                    f"{self.names[-1]} ({qualname(self.sources[-1])}) is the last layer, so the model does not output "
+                    "spikes: the bounds are on output spike rates and need a spiking output layer, or one readout "
+                    f"linear in the rates after it (a single nn.Linear averaged over time, a VotingLayer); {end_hint}"
+                )
+        return SpikingNetwork(layers, input_coding=input_coding, names=names, input_shape=input_shape, readout=readout)

@@ -253,6 +253,10 @@ def convert_traced(
         shape = tuple(x.shape[2:]) if input_shape is None else input_shape
         net = out.build(is_neuron, _coding(x, x.shape[0], input_coding), end_hint, shape)
         _verify(net, out, roots, x, is_neuron)
+        if net.readout is not None:
+            source = out.readout[2] if out.readout is not None else out.sources[-1]
+            path = out.readout[1] if out.readout is not None else out.names[-1]
+            _verify_readout(net, source, path, roots, x)
     finally:
         reset(model)
         _restore(saved)
@@ -295,3 +299,18 @@ def _verify(net, out: Collected, roots: list[Call], x: Tensor, is_neuron: Callab
                 "does something between or around the layers that the chain does not show (a scaled or shifted input, "
                 "a membrane not starting at zero, a state carried between calls); conversion refused"
             )
+
+
+def _verify_readout(net, source: nn.Module, path: str, roots: list[Call], x: Tensor) -> None:
+    """The readout's outputs in the model, averaged over the steps, equal the converted
+    network's class scores (up to summation order)."""
+    seen = [c.out for root in roots for c in root.walk() if c.module is source and c.out is not None]
+    theirs = seen[0] if len(seen) == 1 and seen[0].dim() == 3 else torch.stack(seen) if seen else None
+    with torch.no_grad():
+        ours = net(x)
+    if theirs is None or theirs.shape[1:] != ours.shape or not torch.allclose(theirs.mean(0), ours, rtol=1e-4, atol=1e-5):
+        raise ValueError(
+            f"{path} ({qualname(source)}): read as a readout of the output rates (its per-step outputs averaged "
+            f"over the steps), but on example_input its outputs do not average to the converted network's class "
+            "scores; conversion refused"
+        )

@@ -104,6 +104,7 @@ def from_snntorch(
     input_coding: str | None = None,
     surrogate: Callable | None = None,
     input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
 ):
     """Convert an snnTorch model to a :class:`~snn_robust.SpikingNetwork`.
 
@@ -133,6 +134,12 @@ def from_snntorch(
         input_shape: the per-sample input shape (e.g. ``(1, 28, 28)``), optional; with it
             the network refuses inputs and bounds of another trailing shape (see
             :class:`~snn_robust.SpikingNetwork`).
+        num_classes: for population coding (snnTorch's ``ce_rate_loss`` /
+            ``mse_count_loss`` with ``population_code=True, num_classes=C``): the ``N``
+            output neurons form ``C`` contiguous groups of ``N / C``, and class ``c``
+            scores the mean rate of its group (snnTorch sums the group: the same up to the
+            factor ``N / C``). Labels are then checked against ``C``. ``None``: one output
+            neuron per class.
 
     Returns:
         A network that shares the model's parameters (the same ``nn.Parameter``
@@ -167,7 +174,7 @@ def from_snntorch(
     is_neuron = lambda layer: isinstance(layer, SnnTorchLeaky)  # noqa: E731
     if example_input is not None:
         converter = _Converter(snntorch, surrogate, traced=True)
-        return convert_traced(
+        net = convert_traced(
             model,
             example_input,
             known=converter.known,
@@ -180,6 +187,7 @@ def from_snntorch(
             input_shape=input_shape,
             check_calls=_check_membranes_passed,
         )
+        return _population(net, num_classes)
     require_sequential(model, "snntorch", scan=lambda: _Converter(snntorch, surrogate, traced=True).scan(model))
     out = Collected()
     converter = _Converter(snntorch, surrogate)
@@ -192,6 +200,32 @@ def from_snntorch(
                 f"{path} (snntorch.Leaky) has output=True but is not the last layer: it returns (spk, mem), which "
                 "an nn.Sequential would pass on as a tuple; set output=True only on the last Leaky"
             )
+    return _population(net, num_classes)
+
+
+def _population(net, num_classes: int | None):
+    """Attach the population-code readout (see ``num_classes`` in :func:`from_snntorch`)."""
+    from snn_robust.bounds.adapter_ops import RateReadout
+
+    if num_classes is None:
+        return net
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if net.readout is not None:
+        raise ValueError(f"num_classes={num_classes} given, but the model already ends in a readout ({net.readout})")
+    n_out = net.num_classes
+    if n_out is None:
+        raise ValueError(
+            f"num_classes={num_classes}: the number of output neurons is not fixed by an nn.Linear before the last Leaky, "
+            "so the population groups cannot be formed"
+        )
+    if n_out % num_classes:
+        raise ValueError(
+            f"num_classes={num_classes} does not divide the {n_out} output neurons: snnTorch's population code then "
+            "gives classes groups of different sizes, which is not supported; use a multiple of num_classes"
+        )
+    if n_out != num_classes:
+        net.readout = RateReadout("voting", group=n_out // num_classes)
     return net
 
 

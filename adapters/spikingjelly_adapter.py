@@ -309,6 +309,8 @@ class _Converter:
         for dropout in (nn.Dropout, layer.Dropout):
             self.table[dropout] = self._dropout
         self.table[nn.Sequential] = self._sequential
+        if hasattr(layer, "VotingLayer"):
+            self.table[layer.VotingLayer] = self._voting
         self.table[layer.SeqToANNContainer] = self._container
         self.table[layer.MultiStepContainer] = self._container
         self.table[layer.StepModeContainer] = self._container
@@ -436,6 +438,13 @@ class _Converter:
                 return
         out.add(plain_twin(module), path, module)
 
+    def _voting(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
+        from snn_robust.bounds.adapter_ops import RateReadout
+
+        if ctx in ("s", "m") and getattr(module, "step_mode", ctx) != ctx:
+            raise self._mixed(module, path, module.step_mode, ctx)
+        out.set_readout(RateReadout("voting", group=module.voting_size), path, module)
+
     @staticmethod
     def _flatten_twin(module: nn.Flatten, path: str, start: int) -> nn.Module | None:
         layout = "[T, B, ...]" if start == 2 else "one step [B, ...]"
@@ -491,13 +500,6 @@ class _Converter:
             raise UnsupportedLayerError(
                 f"{path} ({name}) is not supported: snn_robust bounds the LIF neuron (one membrane state, "
                 f"hard or soft reset); use one of {nodes} (with v_reset=0. or None)"
-            )
-        if type(module).__name__ == "VotingLayer":
-            raise UnsupportedLayerError(
-                f"{path} ({name}) is a readout (class c's score is the mean of output neurons c*voting_size .. "
-                "(c+1)*voting_size-1): readouts after the last spiking layer are not bounded yet. Convert the chain up "
-                "to the last node (for a Sequential ending in it: its slice [:-1], which shares the modules) and bound "
-                "each class score by the mean of its neurons' rate bounds (compute_bounds without labels)"
             )
         if isinstance(module, self.base.MemoryModule):
             raise UnsupportedLayerError(

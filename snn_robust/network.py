@@ -18,7 +18,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from .bounds.adapter_ops import StepBatchNorm
+from .bounds.adapter_ops import RateReadout, StepBatchNorm
 from .bounds.spatial import BoundOp, bound_op
 from .errors import UnsupportedLayerError
 from .neuron import LIF
@@ -73,9 +73,13 @@ class SpikingNetwork(nn.Module):
             inputs and input bounds whose trailing shape differs are refused; this is what
             catches a missing time dimension (``[B, 1, 28, 28]`` read as ``T = B``), which
             a Flatten + Linear network cannot tell from its layers alone.
+        readout: optional class scores linear in the output rates
+            (:class:`~snn_robust.bounds.adapter_ops.RateReadout`: a time-averaged
+            ``nn.Linear``, a voting layer); the bounds are then on these scores.
 
     Calling the network on ``x`` of shape ``[T, B, *input_shape]`` simulates it from zero
-    state and returns the output rates ``[B, C]`` (mean output spikes over ``T``).
+    state and returns the output rates ``[B, C]`` (mean output spikes over ``T``), or the
+    readout's class scores of those rates.
 
     Checks (``ValueError`` naming the layer by its name or path): neuron parameters in
     range and finite, spatial weights and biases finite (:meth:`check_parameters`, at
@@ -96,6 +100,7 @@ class SpikingNetwork(nn.Module):
         input_coding: Literal["spike", "direct"] = "spike",
         names: Sequence[str] | None = None,
         input_shape: Sequence[int] | None = None,
+        readout: RateReadout | None = None,
     ) -> None:
         super().__init__()
         if input_coding not in INPUT_CODINGS:
@@ -108,6 +113,9 @@ class SpikingNetwork(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.layer_names = names
         self.stages = self._build_stages(layers, names)
+        if readout is not None and not isinstance(readout, RateReadout):
+            raise TypeError(f"readout must be a RateReadout (class scores linear in the rates), got {type(readout).__name__}")
+        self.readout = readout  # class scores = readout(rates); None: the rates are the scores
         self.check_parameters()
         self._shapes_ok: set[tuple[int, ...]] = set()
         self.input_shape: tuple[int, ...] | None = None
@@ -142,10 +150,10 @@ class SpikingNetwork(nn.Module):
 
     @property
     def num_classes(self) -> int | None:
-        """Output size when the last spatial layer fixes it (Linear), else ``None``."""
+        """Output size when the last spatial layer (and the readout) fix it, else ``None``."""
         for layer in reversed(self.layers):
             if isinstance(layer, nn.Linear):
-                return layer.out_features
+                return layer.out_features if self.readout is None else self.readout.classes(layer.out_features)
         return None
 
     @property
@@ -260,9 +268,11 @@ class SpikingNetwork(nn.Module):
         return trains
 
     def forward(self, x: Tensor) -> Tensor:
-        """Output rates ``[B, C]`` for the input ``x`` ``[T, B, *input_shape]``."""
+        """Output rates ``[B, C]`` (or the readout's class scores of them) for the input
+        ``x`` ``[T, B, *input_shape]``."""
         out = self.simulate(x)[-1]
-        return out.mean(0).flatten(1)
+        rates = out.mean(0).flatten(1)
+        return rates if self.readout is None else self.readout(rates)
 
 
 def _layer_wants(layer: nn.Module) -> str:

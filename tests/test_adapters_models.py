@@ -543,7 +543,7 @@ class MNISTNet(nn.Module):
         return self.conv_fc(x)
 
 
-def test_mnistnet_voting_readout_is_refused_and_its_spiking_chain_converts_exactly_and_trains():
+def test_mnistnet_with_its_voting_readout_converts_exactly_bounds_soundly_and_trains():
     torch.manual_seed(5)
     gen = torch.Generator().manual_seed(5)
     model = MNISTNet(channels=2, spiking_neuron=neuron.ParametricLIFNode, surrogate_function=surrogate.ATan(), detach_reset=True)
@@ -552,30 +552,60 @@ def test_mnistnet_voting_readout_is_refused_and_its_spiking_chain_converts_exact
     randomize_batchnorm(model, gen)
     model.eval()
     x = torch.rand(3, 2, 1, 28, 28, generator=gen).bernoulli(generator=gen)
-    with pytest.raises(sr.UnsupportedLayerError, match=r"model\.conv_fc\.15 .*VotingLayer.*readout.*\[:-1\]"):
-        sr.from_spikingjelly(model, example_input=x)
+    net = sr.from_spikingjelly(model, example_input=x)
+    assert net.readout is not None and net.readout.group == 10 and net.num_classes == 10
 
-    chain = model.conv_fc[:-1]  # the advice of the refusal: the same modules, without the readout
-    net = sr.from_spikingjelly(chain)
-    functional.reset_net(model)
-    assert_same_spikes(net.simulate(x), own_trains(chain, lambda: chain(x), SJ_NODES))
+    x2 = torch.rand(3, 2, 1, 28, 28, generator=gen).bernoulli(generator=gen)
+    theirs = own_trains(model, lambda: (functional.reset_net(model), model(x2)), SJ_NODES)
+    assert_same_spikes(net.simulate(x2), theirs)
 
-    labels = torch.tensor([3, 42])
-    lower, upper = sr.SpikeL0(0.01).bounds(x, 2, gen)
+    def scores(z):  # the model's own output: the voting layer's class scores, averaged over the steps
+        functional.reset_net(model)
+        return model(z).mean(0)
 
-    def rates(z):
-        functional.reset_net(chain)
-        return chain(z).mean(0)
+    torch.testing.assert_close(net(x2), scores(x2))
+    labels = torch.tensor([3, 9])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\] for a network with 10 classes"):
+        sr.compute_bounds(net, x2[:2], x2[:2], torch.tensor([3, 42]))  # a neuron index is not a class
+    lower, upper = sr.SpikeL0(0.01).bounds(x2, 2, gen)
+    assert_sound(scores, net, lower, upper, labels, samples=4, gen=gen, methods=("ibp", "crown-ibp"))
 
-    assert_sound(rates, net, lower, upper, labels, samples=4, gen=gen, methods=("ibp", "crown-ibp"))
     # certified fine-tuning in eval mode (running statistics, dropout off)
-    loss = sr.certified_loss(net, x, labels, sr.SpikeL0(0.01), steps=2, generator=gen)
-    chain.zero_grad()
-    loss.backward()
-    for name, p in chain.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    zero = [name for name, p in chain.named_parameters() if not p.grad.abs().sum() > 0]
-    assert not zero, f"no gradient reached {zero}"
+    loss = sr.certified_loss(net, x2, labels, sr.SpikeL0(0.01), steps=2, generator=gen)
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+def test_linear_readout_averaged_over_time_converts_and_bounds_soundly():
+    """A multi-step model whose last layer is an nn.Linear after the last node, its output
+    averaged over time by the forward (SpikingJelly's spiking_vgg classifiers)."""
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(layer.Flatten(), layer.Linear(16, 12), neuron.LIFNode(tau=2.0))
+            self.classifier = layer.Linear(12, 4)
+            functional.set_step_mode(self, "m")
+
+        def forward(self, x):
+            return self.classifier(self.features(x)).mean(0)
+
+    torch.manual_seed(7)
+    gen = torch.Generator().manual_seed(7)
+    model = Classifier()
+    boost(model, 4.0)
+    x = torch.rand(4, 3, 1, 4, 4, generator=gen).bernoulli(generator=gen)
+    net = sr.from_spikingjelly(model, example_input=x)
+    assert net.readout.kind == "linear" and net.readout.linear.weight is model.classifier.weight
+
+    def scores(z):
+        functional.reset_net(model)
+        return model(z)
+
+    labels = torch.tensor([0, 1, 3])
+    lower, upper = sr.SpikeL0(0.1).bounds(x, 4, gen)
+    assert_sound(scores, net, lower, upper, labels, samples=10, gen=gen)
+    loss = sr.certified_loss(net, x, labels, sr.SpikeL0(0.1), steps=4, generator=gen)
+    assert_every_parameter_gets_gradient(model, loss)
 
 
 # -- the bound operators on their own (property-based) ----------------------------------------
@@ -706,3 +736,38 @@ def test_single_step_spikingjelly_class_with_its_own_loop(training):
         return model(z).mean(0)
 
     assert_sound(rates, net, lower, upper, labels, samples=8, gen=gen)
+
+
+def test_snntorch_population_coding_net_takes_its_class_count_from_the_readout():
+    """snnTorch's population-coding tutorial net (500 output neurons, 10 classes)."""
+    torch.manual_seed(8)
+    gen = torch.Generator().manual_seed(8)
+    spike_grad = snn_surrogate.fast_sigmoid(slope=25)
+    beta = 0.5
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 128),
+        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
+        nn.Linear(128, 500),
+        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True, output=True),
+    )
+    boost(model, 6.0)
+    net = sr.from_snntorch(model, num_classes=10)
+    assert net.num_classes == 10 and net.readout.group == 50
+    images = torch.rand(2, 1, 28, 28, generator=gen)
+    labels = torch.tensor([4, 9])
+    lower, upper = sr.DigitalLinf(0.02).bounds(images, 3, gen)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\] for a network with 10 classes"):
+        sr.compute_bounds(net, lower, upper, torch.tensor([4, 420]))  # a neuron index, not a class
+
+    def scores(z):  # snnTorch's step loop; each class scores its group's mean rate
+        snn_utils.reset(model)
+        spk = torch.stack([model(z[t])[0] for t in range(z.shape[0])])
+        return spk.mean(0).view(z.shape[1], 10, 50).mean(-1)
+
+    torch.testing.assert_close(net(lower), scores(lower))
+    assert_sound(scores, net, lower, upper, labels, samples=8, gen=gen, methods=("ibp", "crown-ibp"))
+    loss = sr.certified_loss(net, images, labels, sr.DigitalLinf(0.02), steps=3, generator=gen)
+    assert_every_parameter_gets_gradient(model, loss)
+    with pytest.raises(ValueError, match=r"num_classes=7 does not divide the 500 output neurons"):
+        sr.from_snntorch(model, num_classes=7)

@@ -336,7 +336,7 @@ def _refusal_cases():
         ("init_hidden_false", lambda: nn.Sequential(lin(), snn.Leaky(0.5)), ValueError, "model.1", "init_hidden=True"),
         ("subtract_no_delay", lambda: nn.Sequential(lin(), leaky_with(reset_delay=False)), ValueError, "model.1", "reset_delay=True"),
         ("output_not_last", lambda: nn.Sequential(lin(), leaky_with(output=True), lin(), leaky_with()), ValueError, "model.1", "output=True"),
-        ("ends_in_linear", lambda: nn.Sequential(lin(), leaky_with(), lin()), ValueError, "model.2", "spiking"),
+        ("ends_in_two_linears", lambda: nn.Sequential(lin(), leaky_with(), lin(), lin()), ValueError, "model.3", "spiking"),
         ("no_neuron", lambda: nn.Sequential(lin(), lin()), sr.UnsupportedLayerError, "model", "Leaky"),
         ("not_sequential", NotSequential, sr.UnsupportedLayerError, "model.body", "nn.Sequential"),
         ("batchnorm3d", lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm3d(2), leaky_with()), sr.UnsupportedLayerError, "model.1", "BatchNorm3d"),

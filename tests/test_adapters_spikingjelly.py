@@ -359,7 +359,7 @@ def _refusal_cases():
         ("analog_surrogate", lambda: nn.Sequential(lin(), neuron.LIFNode(surrogate_function=AnalogSurrogate())), ValueError, "model.1", "binary step"),
         ("batchnorm3d", lambda: nn.Sequential(layer.Conv2d(1, 2, 3), nn.BatchNorm3d(2), neuron.LIFNode()), sr.UnsupportedLayerError, "model.1", "BatchNorm3d"),
         ("dropout_training", lambda: nn.Sequential(lin(), layer.Dropout(0.5), neuron.LIFNode()), ValueError, "model.1", "model.eval()"),
-        ("ends_in_linear", lambda: nn.Sequential(lin(), neuron.LIFNode(), lin()), ValueError, "model.2", "spiking"),
+        ("ends_in_two_linears", lambda: nn.Sequential(lin(), neuron.LIFNode(), lin(), lin()), ValueError, "model.3", "spiking"),
         ("not_sequential", NotSequential, sr.UnsupportedLayerError, "model.conv_fc", "nn.Sequential"),
         ("mixed_modes", lambda: nn.Sequential(lin("m"), neuron.LIFNode(step_mode="m"), lin(), neuron.LIFNode(step_mode="s")), ValueError, "model.3", "set_step_mode"),
         ("node_in_seq_to_ann", lambda: nn.Sequential(layer.SeqToANNContainer(nn.Linear(4, 4), neuron.LIFNode())), ValueError, "model.0.1", "outside the container"),

@@ -41,7 +41,7 @@ from ..errors import UnsupportedLayerError
 from .rounding import accumulation_error, unit_roundoff
 from .spatial import BoundAvgPool2d, BoundOp, _pair
 
-__all__ = ["StepBatchNorm", "BoundBatchNorm", "BoundAdaptiveAvgPool2d", "adaptive_pool_window"]
+__all__ = ["StepBatchNorm", "BoundBatchNorm", "BoundAdaptiveAvgPool2d", "adaptive_pool_window", "RateReadout"]
 
 
 class StepBatchNorm(nn.Module):
@@ -204,3 +204,61 @@ class BoundAdaptiveAvgPool2d(BoundAvgPool2d):
     def transpose(self, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         self.kernel = self.stride = adaptive_pool_window(tuple(in_shape[-2:]), self.module.output_size, self.name)
         return super().transpose(A, in_shape)
+
+
+class RateReadout(nn.Module):
+    """Class scores that are a linear function of the last spiking layer's rates,
+    ``scores = rates @ W.T + b`` (``[B, N] -> [B, C]``), so their margins are bounded by
+    the specification ``spec @ W`` on the rates (S-IBP / S-CROWN as for any margin) plus
+    ``spec @ b``.
+
+    * ``linear``: an ``nn.Linear`` after the last spiking layer whose per-step output is
+      averaged over time: ``mean_t(W s_t + b) = W rate + b`` (SpikingJelly's
+      ``spiking_vgg`` classifiers). ``W`` and ``b`` are the user's Parameters (trained).
+    * ``voting``: SpikingJelly's ``layer.VotingLayer(g)``: class ``c`` scores the mean
+      rate of output neurons ``c g .. c g + g - 1`` (the last ``N mod g`` are unused, as
+      in its ``avg_pool1d``). Scores are multiples of ``1 / (g T')``: :meth:`grid`.
+    """
+
+    def __init__(self, kind: str, module: nn.Module | None = None, group: int = 1) -> None:
+        super().__init__()
+        if kind not in ("linear", "voting"):
+            raise ValueError(f"readout kind must be 'linear' or 'voting', got {kind!r}")
+        if kind == "linear" and not isinstance(module, nn.Linear):
+            raise TypeError(f"a linear readout takes an nn.Linear, got {type(module).__name__}")
+        if int(group) < 1:
+            raise ValueError(f"voting group size must be >= 1, got {group}")
+        self.kind = kind
+        self.linear = module if kind == "linear" else None
+        self.group = int(group)
+
+    def classes(self, n_out: int) -> int:
+        return self.linear.out_features if self.kind == "linear" else n_out // self.group
+
+    def matrix(self, n_out: int, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(W [C, N], b [C] or None)`` on ``n_out`` output neurons."""
+        if self.kind == "linear":
+            if self.linear.in_features != n_out:
+                raise ValueError(
+                    f"readout nn.Linear takes {self.linear.in_features} features but the last spiking layer has "
+                    f"{n_out} neurons"
+                )
+            return self.linear.weight, self.linear.bias
+        C = self.classes(n_out)
+        if C < 1:
+            raise ValueError(f"VotingLayer(voting_size={self.group}) needs at least {self.group} output neurons, got {n_out}")
+        W = like.new_zeros(C, n_out)
+        rows = torch.arange(C * self.group, device=like.device)
+        W[rows // self.group, rows] = 1.0 / self.group
+        return W, None
+
+    def grid(self) -> int | None:
+        """Scores lie on ``Z / (grid * T')`` (``None``: no grid, real weights)."""
+        return self.group if self.kind == "voting" else None
+
+    def forward(self, rates: Tensor) -> Tensor:
+        W, b = self.matrix(rates.shape[-1], rates)
+        return F.linear(rates, W, b)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}" + (f", group={self.group}" if self.kind == "voting" else "")

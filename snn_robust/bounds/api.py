@@ -13,7 +13,7 @@ from ..network import SpikingNetwork
 from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
 from .ibp import IBPResult, s_ibp
-from .rounding import round_to_grid
+from .rounding import grid_tolerance, round_to_grid
 
 __all__ = ["compute_bounds", "margin_spec", "METHODS"]
 
@@ -123,6 +123,13 @@ def compute_bounds(
 
     The result is differentiable with respect to the network's parameters.
 
+    **Readouts.** With ``network.readout`` (class scores ``W rate + b``, e.g. a voting
+    layer) ``C`` is the readout's class count and the bounds are on the scores: the
+    specification ``spec`` on classes becomes ``spec @ W`` on the output rates, bounded as
+    above, plus ``spec @ b``. A voting readout's scores lie on the grid ``Z / (g T')``; a
+    learned ``nn.Linear`` readout has no grid, so its bounds are only lowered by the
+    rounding tolerance.
+
     **Floating point.** The membrane intervals hold every float membrane that any forward
     pass can compute (each widened by its own rounding-error bound,
     :mod:`~snn_robust.bounds.rounding`), so the bounds hold for our forward, snnTorch's and
@@ -151,13 +158,22 @@ def compute_bounds(
     ibp = s_ibp(network, lower, upper)
     rl, _ = ibp.rates()
     B, C = rl.shape
+    readout = network.readout
+    if readout is not None:  # class scores W rate + b: the specification moves onto the rates
+        W, b = readout.matrix(C, rl)
+        C = W.shape[0]
     if labels is not None:
         if ((labels < 0) | (labels >= C)).any():
-            raise ValueError(f"labels must lie in [0, {C - 1}] for a network with {C} outputs")
+            what = "classes (the readout's)" if readout is not None else "outputs"
+            raise ValueError(f"labels must lie in [0, {C - 1}] for a network with {C} {what}")
         spec = margin_spec(labels, C, rl.dtype)
     else:
         eye = torch.eye(C, dtype=rl.dtype, device=rl.device)
         spec = torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * C, C)
+    spec_bias = None
+    if readout is not None:
+        spec_bias = None if b is None else spec @ b
+        spec = spec @ W
 
     found = []
     if method in ("ibp", "crown-ibp", "best"):
@@ -173,7 +189,14 @@ def compute_bounds(
     lb = found[0]
     for other in found[1:]:
         lb = torch.maximum(lb, other)
-    lb = round_to_grid(lb, lower.shape[0])
+    if readout is None:
+        lb = round_to_grid(lb, lower.shape[0])
+    else:
+        if spec_bias is not None:
+            lb = lb + spec_bias
+        # a voting readout's scores are on a finer grid; real readout weights have none
+        grid = readout.grid()
+        lb = round_to_grid(lb, lower.shape[0] * grid) if grid else lb - grid_tolerance(lb.dtype)
 
     if labels is not None:
         return lb
