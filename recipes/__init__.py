@@ -8,8 +8,16 @@
 See :mod:`.configs` (recipes, profiles, the paper's reference numbers), :mod:`.pipeline`
 (the stages, model files, resumption) and :mod:`.report` (results.md and plots).
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# configs is plain Python (no torch): imported now, so that the command line can list the
+# recipes and profiles quickly. The pipeline's names load torch and are imported on first use.
 from .configs import PROFILES, RECIPES, PaperReference, Profile, Recipe, get_profile, get_recipe
-from .pipeline import MODEL_FORMAT, RecipeConfigError, RecipeRun, load_model, run_recipe, save_model
+
+_PIPELINE = ("MODEL_FORMAT", "RecipeConfigError", "RecipeRun", "load_model", "run_recipe", "save_model")
 
 __all__ = [
     "MODEL_FORMAT",
@@ -26,3 +34,11 @@ __all__ = [
     "run_recipe",
     "save_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PIPELINE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(".pipeline", __name__), name)
+    globals()[name] = value
+    return value

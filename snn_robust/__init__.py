@@ -1,19 +1,35 @@
 """snn-robust: certified bounds (S-IBP, S-CROWN) and robust training for spiking networks."""
-from .adapters import from_snntorch, from_spikingjelly
-from .attacks import EOTPGD, GreedyFlip, SpikeCompatibleAttack, SpikeCompatibleDigitalAttack
-from .bounds import METHODS, compute_bounds, margin_spec
-from .certificates import CodingCertificate, certify_over_codings, clopper_pearson_lower, event_l0_bounds
-from .errors import UnsupportedLayerError
-from .evaluate import attack_error, certified_error, clean_error
-from .loss import bound_logits, certified_loss
-from .models import paper_model
-from .network import SpikingNetwork
-from .neuron import LIF, Rectangular
-from .perturbations import DigitalLinf, DirectLinf, Perturbation, SpikeL0, bernoulli_encode
-from .schedules import EpsSchedule
-from .training import CleanLoss, RobustTrainingStep, TrainConfig, TrainingStep, fit
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+#: Public name -> the submodule defining it. Names are imported on first use (PEP 562
+#: ``__getattr__``), so ``import snn_robust`` and ``snn-robust --help`` do not load torch and
+#: the frameworks (seconds on a busy CPU); ``sr.compute_bounds`` or ``from snn_robust import
+#: LIF`` work as with eager imports. A new public name goes here and into ``__all__``.
+_EXPORTS: dict[str, str] = {
+    "from_snntorch": "adapters", "from_spikingjelly": "adapters",
+    "EOTPGD": "attacks", "GreedyFlip": "attacks", "SpikeCompatibleAttack": "attacks",
+    "SpikeCompatibleDigitalAttack": "attacks",
+    "METHODS": "bounds", "compute_bounds": "bounds", "margin_spec": "bounds",
+    "CodingCertificate": "certificates", "certify_over_codings": "certificates",
+    "clopper_pearson_lower": "certificates", "event_l0_bounds": "certificates",
+    "UnsupportedLayerError": "errors",
+    "attack_error": "evaluate", "certified_error": "evaluate", "clean_error": "evaluate",
+    "bound_logits": "loss", "certified_loss": "loss",
+    "paper_model": "models",
+    "SpikingNetwork": "network",
+    "LIF": "neuron", "Rectangular": "neuron",
+    "DigitalLinf": "perturbations", "DirectLinf": "perturbations", "Perturbation": "perturbations",
+    "SpikeL0": "perturbations", "bernoulli_encode": "perturbations",
+    "EpsSchedule": "schedules",
+    "CleanLoss": "training", "RobustTrainingStep": "training", "TrainConfig": "training",
+    "TrainingStep": "training", "fit": "training",
+}
 
 __all__ = [
     "EOTPGD",
@@ -51,3 +67,17 @@ __all__ = [
     "from_spikingjelly",
     "margin_spec",
 ]
+
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snn_robust' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

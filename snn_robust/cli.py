@@ -50,6 +50,33 @@ class _Parser(argparse.ArgumentParser):
 # Helpers shared by commands
 
 
+class _LazyChoices:
+    """argparse ``choices`` read from ``snn_robust.<module>.<name>`` on first use (a value to
+    check or a help text to show), so that building the parser, and ``--help``, import no
+    torch. Arguments using it need an explicit ``metavar`` (argparse would list the choices)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _values(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(f".{self.module}", __package__), self.name))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Any:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+
+#: The bound methods, as :data:`snn_robust.bounds.METHODS` lists them.
+_METHODS = _LazyChoices("bounds.api", "METHODS")
+
+
 def resolve_device(name: str) -> Any:
     """Map ``--device`` (``auto``, ``cpu``, ``cuda``) to a ``torch.device`` with
     :func:`snn_robust.training.resolve_device`; a device that cannot be used is a
@@ -102,8 +129,6 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _add_data(subparsers: Any) -> None:
-    from .data import DATASETS
-
     p = subparsers.add_parser("data", help="locate or fetch datasets", description="Locate or fetch datasets.")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     f = sub.add_parser(
@@ -117,7 +142,8 @@ def _add_data(subparsers: Any) -> None:
             "size and SHA-256 for the recordings of the shipped subset, the event format for others."
         ),
     )
-    f.add_argument("dataset", choices=DATASETS, help="dataset to fetch")
+    f.add_argument("dataset", choices=_LazyChoices("data", "DATASETS"), metavar="DATASET",
+                   help="dataset to fetch: %(choices)s")
     f.add_argument(
         "--data-root",
         metavar="DIR",
@@ -346,8 +372,8 @@ def _add_robust_train(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write")
     p.add_argument("--settings", choices=("paper", "quick"), default="paper", help="training settings (default: paper)")
     p.add_argument("--tprime", type=_positive_int, default=3, metavar="T'", help="time steps of the bounds (default: 3)")
-    p.add_argument("--method", choices=("ibp", "crown-ibp", "crown-ibp-adaptive", "best"), default=None,
-                   help="training bound (default: crown-ibp for paper, ibp for quick)")
+    p.add_argument("--method", choices=_METHODS, default=None, metavar="METHOD",
+                   help="training bound: %(choices)s (default: crown-ibp for paper, ibp for quick)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: ramp + hold)")
     p.add_argument("--ramp-epochs", type=_nonnegative_float, default=None, help="epochs over which eps ramps up from 0")
     p.add_argument("--hold-epochs", type=_nonnegative_float, default=None, help="epochs at the final eps")
@@ -497,8 +523,8 @@ def _add_certify(subparsers: Any) -> None:
             "  snn-robust certify --model runs/nmnist-fc.pt --eps 0.005 --samples 100 --json runs/cert.json"))
     p.add_argument("--model", required=True, metavar="FILE", help="model file from 'train' or 'robust-train'")
     p.add_argument("--eps", required=True, type=_eps_type, nargs="+", help="perturbation budgets in [0, 1]")
-    p.add_argument("--method", nargs="+", choices=("ibp", "crown-ibp", "crown-ibp-adaptive", "best"), default=["best"],
-                   help="bound methods (default: best = the tightest of all)")
+    p.add_argument("--method", nargs="+", choices=_METHODS, default=["best"], metavar="METHOD",
+                   help="bound methods: %(choices)s (default: best = the tightest of all)")
     p.add_argument("--tprime", type=_positive_int, nargs="+", default=[10], metavar="T'",
                    help="time steps of the bounds (default: 10)")
     p.add_argument("--samples", type=_positive_int, default=300, help="test samples (default: 300)")
@@ -607,17 +633,22 @@ def _refusals() -> tuple[type[Exception], ...]:
     """The library's own refusals of a file or of a run, printed like usage errors: damaged
     or hostile files, unusable checkpoints, non-finite training. (Imported only when an
     exception reaches :func:`main`.)"""
+    from .data import DatasetError
     from .fileio import DamagedFileError
     from .recipes.pipeline import ModelFileError, RecipeConfigError
     from .training import CheckpointError, NonFiniteError
 
-    return (DamagedFileError, ModelFileError, RecipeConfigError, CheckpointError, NonFiniteError)
+    return (DatasetError, DamagedFileError, ModelFileError, RecipeConfigError, CheckpointError, NonFiniteError)
+
+
+def _usage_error(exc: Exception) -> int:
+    message = " ".join(str(exc).split())  # always one line
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``snn-robust`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    from .data import DatasetError
-
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -627,12 +658,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         return int(args.handler(args))
-    except (UsageError, DatasetError, *_refusals()) as exc:
-        message = " ".join(str(exc).split())  # always one line
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help / --version
+    except SystemExit as exc:  # --help / --version; first, so that they import nothing more
         return exc.code if isinstance(exc.code, int) else 0
+    except UsageError as exc:
+        return _usage_error(exc)
+    except Exception as exc:
+        # The library's refusals (imported only now: they load torch) print like usage errors.
+        if isinstance(exc, _refusals()):
+            return _usage_error(exc)
+        raise
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -46,7 +46,7 @@ def test_module_entry_point_runs():
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "{mnist,fmnist,nmnist}" in proc.stdout
+    assert "dataset to fetch: mnist, fmnist, nmnist" in proc.stdout
 
 
 @pytest.mark.parametrize(
