@@ -178,16 +178,17 @@ def _plot_training(out: Path, path: Path) -> None:
     rows = _read_jsonl(out / "robust" / "steps.jsonl") or _read_jsonl(out / "robust" / "metrics.jsonl")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     x = [r["step"] for r in rows]
-    panels = [("clean_acc", "clean accuracy (training batches)", 1.0),
-              ("bound_loss", "bound loss CE(-[0, lb])", None),
-              ("verified", "robust (unverified) error", "1-")]
-    for ax, (key, title, kind) in zip(axes, panels):
+    panels = [("clean_acc", "clean accuracy (training batches)", 1.0, "accuracy (share of the batch)"),
+              ("bound_loss", "bound loss CE(-[0, lb])", None, "loss (nats)"),
+              ("verified", "robust (unverified) error", "1-", "error (share of the batch)")]
+    for ax, (key, title, kind, ylabel) in zip(axes, panels):
         ys = [r.get(key) for r in rows]
         if kind == "1-":
             ys = [None if v is None else 1 - v for v in ys]
         ax.plot(x, ys, marker=".", color="tab:blue")
         ax.set_title(title)
         ax.set_xlabel("robust training step")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax2 = axes[2].twinx()
     ax2.plot(x, [r.get("eps") for r in rows], color="tab:gray", linestyle="--", label="eps")
@@ -236,13 +237,16 @@ def _plot_tprime(results: dict[str, Any], out: Path, path: Path) -> None:
         tags.append(f"T'={m['tprime']}")
         times.append(m.get("time_per_epoch_s") or 0.0)
     axes[0].set_title("(a) clean accuracy (training batches)")
+    axes[0].set_ylabel("accuracy (share of the batch)")
     axes[1].set_title("(b) bound loss during robust training")
+    axes[1].set_ylabel("bound loss (nats)")
     for ax in axes[:2]:
         ax.set_xlabel("robust training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[2].bar(tags, times, color="tab:green")
-    axes[2].set_title("time per robust epoch (s)")
+    axes[2].set_title("time per robust epoch")
+    axes[2].set_ylabel("seconds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
