@@ -363,6 +363,25 @@ _SOURCES: dict[str, Callable[[_IdxSpec, Path], Path]] = {
     "debian": _source_debian,
 }
 
+#: Programs a fallback source runs, and how to get them; checked before any fetch starts.
+_SOURCE_PROGRAMS: dict[str, tuple[tuple[str, ...], str]] = {
+    "npm": (("npm",), "install Node.js's npm (e.g. 'apt-get install npm')"),
+    "debian": (("apt-get", "dpkg"), "a Debian or Ubuntu system"),
+}
+
+
+def _check_programs(spec: _IdxSpec, sources: Sequence[str], raw: Path) -> None:
+    """Say up front, once, which fallback sources cannot run here, instead of only after the
+    first source (a download that may take its full timeout) has failed."""
+    for source in sources:
+        programs, how = _SOURCE_PROGRAMS.get(source, ((), ""))
+        absent = [p for p in programs if shutil.which(p) is None]
+        if absent:
+            log.warning("%s: the fallback source %s needs %s, which is not installed (%s); without it "
+                        "only the other sources (%s) can fetch the files, or put them in %s yourself",
+                        spec.title, source, " and ".join(absent), how,
+                        ", ".join(s for s in sources if s != source) or "none", raw)
+
 
 def _install_from(spec: _IdxSpec, folder: Path, raw: Path, missing: Sequence[str]) -> None:
     """Verify every missing file found in ``folder`` and copy it (uncompressed) into ``raw``.
@@ -397,6 +416,7 @@ def _ensure_idx(
     missing = _missing_idx(raw)
     if missing and download:
         attempts: list[str] = []
+        _check_programs(spec, spec.sources if sources is None else sources, raw)
         for source in spec.sources if sources is None else sources:
             if source not in _SOURCES:
                 raise ValueError(f"unknown fetch source {source!r}; expected one of {sorted(_SOURCES)}")
