@@ -255,6 +255,8 @@ class _FlipBudgetOp(BoundOp):
 
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         value = self.module(l)
+        if self.k == 0:
+            return value, value
         # chunks of rows bound the gain tensor's memory (about 2^24 elements)
         rows = max(1, (1 << 24) // max(1, self._gains(l[:1])[0].numel()))
         down, up = [], []
@@ -264,19 +266,30 @@ class _FlipBudgetOp(BoundOp):
             up.append((-_sum_k_smallest(-g, self.k, 2)).reshape(x.shape[0], *shape))
         return value + torch.cat(down), value + torch.cat(up)
 
+    def _largest_weights(self) -> Tensor:
+        """Per output, an upper bound on the sum of the ``k`` largest ``|W_ji|`` of its
+        window (``[N]`` or ``[O, 1, 1]``): the most that ``k`` flips can add to ``|W| . x``."""
+        mod, k = self.module, self.k
+        if isinstance(self.op, BoundAvgPool2d):
+            size = self.op.kernel[0] * self.op.kernel[1]
+            return torch.tensor(min(k, size) / size)
+        w = mod.weight.detach().abs().flatten(1)
+        top = -_sum_k_smallest(-w, k, 1)
+        return top if isinstance(self.op, BoundLinear) else top.reshape(-1, 1, 1)
+
     def rounding_error(self, l: Tensor, u: Tensor) -> Tensor:
-        """Floating point (:mod:`~snn_robust.bounds.rounding`): a forward pass on any binary
-        input errs by at most ``gamma_n mag``, with ``n`` the summed terms (fan-in, plus the
-        bias or the division) and ``mag = |W| . 1 + |b|``; :meth:`interval` sums at most
-        ``n + k`` terms of total magnitude ``2 mag`` (the value, then the ``k`` gains), so
-        it errs by at most ``2 gamma_{n+k} mag``. Both: ``3 gamma_{n+k} mag``, under
-        ``accumulation_error(1.5 mag, n + k) = 3 gamma_{n+k+4} mag``. Computed over all of
-        ``[0, 1]`` (not the observed point), since the inputs are not fixed."""
+        """Floating point (:mod:`~snn_robust.bounds.rounding`). A recording ``x'`` within
+        the budget has at most ``nnz(x) + k`` nonzero inputs, of magnitude at most
+        ``mag = |W| . x + (k largest |W_ji|) + |b|``. Any forward pass on ``x'`` errs by at
+        most ``gamma_{nnz+k+1} mag``; :meth:`interval` (the float value at ``x`` plus a float
+        sum of ``k`` gains) by at most ``gamma_{nnz+k+2} mag``. Both together are under
+        ``accumulation_error(mag, nnz + k) = 2 gamma_{nnz+k+4} mag``. The inputs are not
+        fixed, so this is never 0, unlike a point input's error."""
         from .bounds.rounding import accumulation_error, unit_roundoff
 
         mod = self.module
         with torch.no_grad():
-            magnitude = self.op.abs_linear(torch.ones_like(l))
+            magnitude = self.op.abs_linear(l) + self._largest_weights().to(l.dtype)
             if isinstance(self.op, BoundAvgPool2d):
                 fan_in = self.op.kernel[0] * self.op.kernel[1]
             else:
@@ -284,7 +297,9 @@ class _FlipBudgetOp(BoundOp):
                 if mod.bias is not None:
                     shape = (-1,) if isinstance(self.op, BoundLinear) else (-1, 1, 1)
                     magnitude = magnitude + mod.bias.detach().abs().reshape(shape)
-            return accumulation_error(1.5 * magnitude, fan_in + 1 + self.k, unit_roundoff(l.dtype, l.device))
+            nnz = (l != 0).flatten(1).sum(1).reshape(-1, *([1] * (magnitude.dim() - 1)))
+            terms = (nnz + self.k).clamp(max=fan_in).to(l.dtype)
+            return accumulation_error(magnitude, terms, unit_roundoff(l.dtype, l.device))
 
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         return self.op.backward(A, l, u)

@@ -247,9 +247,11 @@ def test_event_bounds_hold_for_snntorch_forward():
     pytest.importorskip("snntorch")
     from test_adapters_snntorch import conv_model, fc_model, rates_of
 
-    for arch, build, shape, k in (("fc", fc_model, (3, 4), 2), ("conv", conv_model, (2, 8, 8), 1)):
+    # exact: dyadic weights, so membranes land exactly on the threshold in every framework
+    for arch, build, shape, k, exact in (("fc", fc_model, (3, 4), 2, False), ("fc", fc_model, (3, 4), 2, True),
+                                         ("conv", conv_model, (2, 8, 8), 1, True)):
         cfg = dict(reset="zero", reset_delay=True, per_neuron_beta=False, per_neuron_th=False, learn_beta=False,
-                   learn_threshold=False, output=False, exact=False, analog=False)
+                   learn_threshold=False, output=False, exact=exact, analog=False)
         gen = torch.Generator().manual_seed(11)
         model = build(cfg, gen)
         net = sr.from_snntorch(model)
