@@ -294,3 +294,112 @@ def test_error_bad_neuron_parameters():
 def test_error_digital_input_out_of_unit_range():
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         sr.DigitalLinf(0.1).bounds(torch.full((2, 4), 1.5), 3)
+
+
+# -- exact in floating point, no certified ties ---------------------------------------------
+
+def _wide_conv(seed: int) -> sr.SpikingNetwork:
+    """64-channel convolutions (fan-in 576, where an any-order rounding bound is ~1e-4)."""
+    torch.manual_seed(seed)
+    return sr.SpikingNetwork([
+        nn.Conv2d(2, 64, 3, 1, 1), sr.LIF(0.25, 0.25),
+        nn.Conv2d(64, 64, 3, 2, 1), nn.AvgPool2d(2), sr.LIF(0.25, 0.1),
+        nn.Flatten(), nn.Linear(256, 10), sr.LIF(0.25, 0.1, firing=">="),
+    ])
+
+
+@pytest.mark.parametrize("model", ["fc-zero", "fc-subtract-ge", "wide-conv", "paper-fc", "paper-conv"])
+def test_every_method_exact_without_perturbation(model):
+    """``lower == upper``: every method returns exactly the forward's margins and rates
+    (up to the float spelling of ``k / T'``), also where membranes lie within an any-order
+    rounding bound of the threshold."""
+    from snn_robust.models import paper_model
+
+    g = torch.Generator().manual_seed(0)
+    if model.startswith("paper"):
+        torch.manual_seed(0)
+        net, shape, B, steps = paper_model(model[6:], "mnist"), (1, 28, 28), 2, 3
+    elif model == "wide-conv":
+        net, shape, B, steps = _wide_conv(0), (2, 8, 8), 4, 4
+    else:
+        net = _random_net(0, *(("zero", ">") if model == "fc-zero" else ("subtract", ">=")))
+        shape, B, steps = (16,), 6, 5
+    x = sr.bernoulli_encode(torch.rand(B, *shape, generator=g), steps, g)
+    y = torch.randint(0, 10 if shape != (16,) else 4, (B,), generator=g)
+    methods = [m for m in sr.METHODS if not (model == "paper-conv" and m in ("crown-ibp-optimized", "best"))]
+    with torch.no_grad():
+        rates = net(x)
+        true = (margin_spec(y, rates.shape[1]) * rates.unsqueeze(1)).sum(-1)
+        for method in methods:
+            torch.testing.assert_close(sr.compute_bounds(net, x, x, y, method=method), true, atol=1e-6, rtol=0)
+            lb, ub = sr.compute_bounds(net, x, x, method=method)
+            torch.testing.assert_close(lb, rates, atol=1e-6, rtol=0)
+            torch.testing.assert_close(ub, rates, atol=1e-6, rtol=0)
+
+
+def _dyadic_net(gen: torch.Generator, reset: str, firing: str) -> sr.SpikingNetwork:
+    """Weights, biases and neuron parameters on a coarse dyadic grid: sums are exact in
+    any order, so membranes land exactly on thresholds and margins tie exactly."""
+    lin1, lin2 = nn.Linear(6, 6), nn.Linear(6, 3)
+    with torch.no_grad():
+        for lin in (lin1, lin2):
+            lin.weight.copy_(torch.randint(-2, 3, lin.weight.shape, generator=gen) * 0.25)
+            lin.bias.copy_(torch.randint(-1, 2, lin.bias.shape, generator=gen) * 0.25)
+    return sr.SpikingNetwork([lin1, sr.LIF(0.5, 0.25, reset, firing), lin2, sr.LIF(0.5, 0.25, reset, firing)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reset,firing", [("zero", ">"), ("zero", ">="), ("subtract", ">")])
+def test_no_certified_ties(reset, firing):
+    """A random search over small nets and inputs inside the bounds never finds a
+    certified sample (every margin bound > 0) with a reachable margin <= 0; margin bounds
+    sit on the ``1/T'`` grid. The search does meet reachable ties and certified samples.
+    (S-IBP is checked through ``crown-ibp``, which is never below it.)"""
+    from helpers import sample_inside
+
+    ties = certified = 0
+    for seed in range(16):
+        gen = torch.Generator().manual_seed(seed)
+        net = _dyadic_net(gen, reset, firing)
+        steps = 1 + seed % 4
+        lower, upper = sr.DigitalLinf(0.15).bounds(torch.rand(4, 6, generator=gen), steps, gen)
+        y = torch.randint(0, 3, (4,), generator=gen)
+        with torch.no_grad():
+            bounds = {m: sr.compute_bounds(net, lower, upper, y, method=m) for m in ("crown-ibp", "best")}
+            reached = torch.stack([(margin_spec(y, 3) * net(x).unsqueeze(1)).sum(-1)
+                                   for x in sample_inside(lower, upper, 30, gen, binary=True)])
+        ties += int((reached == 0).any(0).any(1).sum())
+        for m, lb in bounds.items():
+            assert torch.equal(lb * steps, (lb * steps).round()), f"{m}: off the 1/T' grid"
+            sure = (lb > 0).all(1)
+            certified += int(sure.sum())
+            assert (reached[:, sure] > 0).all(), f"{m}: certified a sample with a reachable tie"
+    assert ties > 0 and certified > 0
+
+
+def test_any_order_error_model_is_sound_and_wider():
+    """``"any-order"`` widens every membrane by its any-order rounding bound: sound, and
+    never tighter than the default model."""
+    from helpers import assert_sound
+
+    from snn_robust.bounds.rounding import set_error_model
+
+    net = _wide_conv(1)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 2, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (3,), generator=gen)
+    lower, upper = sr.DigitalLinf(0.05).bounds(x, 3, gen)
+    point = sr.bernoulli_encode(x, 3, gen)
+    with torch.no_grad():
+        default = [s_ibp(net, a, b).membrane[0] for a, b in ((lower, upper), (point, point))]
+    previous = set_error_model("any-order")
+    try:
+        with torch.no_grad():
+            wide = [s_ibp(net, a, b).membrane[0] for a, b in ((lower, upper), (point, point))]
+        for (wl, wu), (dl, du) in zip(wide, default):
+            assert (wl <= dl).all() and (wu >= du).all()
+        assert torch.equal(default[1][0], default[1][1]) and (wide[1][1] > wide[1][0]).all()
+        assert_sound(net, net, lower, upper, y, samples=20, gen=gen,
+                     methods=("ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive"))
+    finally:
+        set_error_model(previous)

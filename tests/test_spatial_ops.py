@@ -2,6 +2,8 @@
 sound relaxation for max pooling, intervals that contain every output."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,85 @@ def test_maxpool_exact_when_window_decided():
     value = (A * pool(x).unsqueeze(1)).flatten(2).sum(-1)
     bound = (A_in * x.unsqueeze(1)).flatten(2).sum(-1) + bias
     torch.testing.assert_close(bound, value)
+
+
+@pytest.mark.parametrize("module,shape", [(nn.Linear(700, 9), (700,)), (nn.Conv2d(64, 8, 3, 1, 1), (64, 5, 5)),
+                                          (nn.AvgPool2d(3, 2, 1), (4, 7, 7))], ids=lambda v: str(v))
+@pytest.mark.parametrize("binary", [True, False])
+def test_widened_interval_holds_float_results_in_other_orders(module, shape, binary):
+    """The interval widened by ``rounding_error`` contains the exact (float64) outputs and
+    float32 outputs computed in other summation orders (input features permuted, float64
+    accumulation rounded once), for every input sampled in the box."""
+    from snn_robust.bounds.rounding import set_error_model
+
+    torch.manual_seed(3)
+    op = bound_op(module, "layer")
+    l = (torch.rand(3, *shape) < 0.3).float() if binary else torch.randn(3, *shape)
+    u = torch.maximum(l, (torch.rand(3, *shape) < 0.3).float()) if binary else l + 0.1 * torch.rand(3, *shape)
+    previous = set_error_model("any-order")
+    try:
+        err = op.rounding_error(l, u)
+    finally:
+        set_error_model(previous)
+    yl, yu = op.interval(l, u)
+    yl, yu = yl - err, yu + err
+    assert (err >= 0).all() and (err > 0).any()
+    module64 = copy.deepcopy(module).double()
+    perm = torch.randperm(shape[0])
+    for _ in range(20):
+        x = torch.where(torch.rand_like(l) < 0.5, l, u) if binary else l + torch.rand_like(l) * (u - l)
+        candidates = [module(x), module64(x.double()).float()]
+        if isinstance(module, (nn.Linear, nn.Conv2d)):  # the same sums with the inputs in another order
+            shuffled = copy.deepcopy(module)
+            with torch.no_grad():
+                shuffled.weight.copy_(module.weight[:, perm])
+            candidates.append(shuffled(x[:, perm]))
+        for y in candidates:
+            assert (y >= yl).all() and (y <= yu).all()
+
+
+def test_fixed_inputs_are_not_widened_in_the_default_model():
+    """Outputs whose whole window is fixed are the module's own float; the others widen."""
+    conv = nn.Conv2d(3, 4, 3, 1, 1)
+    op = bound_op(conv, "conv")
+    l = (torch.rand(2, 3, 6, 6) < 0.5).float()
+    u = l.clone()
+    u[0, :, 0, 0] = 1.0  # one free input pixel: only the outputs that read it widen
+    err = op.rounding_error(l, u)
+    assert (err[1] == 0).all() and (err[0, :, :2, :2] > 0).all()
+    assert (err[0, :, 2:, :] == 0).all() and (err[0, :, :, 2:] == 0).all()
+    yl, _ = op.interval(l, l)
+    assert torch.equal(yl, conv(l))
+
+
+def test_sparse_rows_matmul_matches_dense_on_the_fast_branch():
+    """``_sparse_rows_matmul`` skips the rows of W whose coefficients are all zero: with
+    few used columns (the fast branch) it equals the dense product."""
+    from snn_robust.bounds.spatial import _sparse_rows_matmul
+
+    torch.manual_seed(4)
+    W = torch.randn(50, 30)
+    A = torch.randn(6, 5, 50)
+    A[..., torch.randperm(50)[:45]] = 0.0  # 5 of 50 columns used: below the 0.7 cut-off
+    torch.testing.assert_close(_sparse_rows_matmul(A, W), A @ W)
+    A_dense = torch.randn(6, 5, 50)
+    torch.testing.assert_close(_sparse_rows_matmul(A_dense, W), A_dense @ W)
+    assert torch.equal(_sparse_rows_matmul(torch.zeros(2, 3, 50), W), torch.zeros(2, 3, 30))
+
+
+def test_linear_concretize_matches_the_dense_reference():
+    """``BoundLinear.concretize`` (centre through the module, ``|A W| . rad`` only where
+    the radius is nonzero, sparse rows) equals the plain ``min`` over the box of
+    ``A . (W x + b)`` computed densely."""
+    torch.manual_seed(5)
+    lin = nn.Linear(40, 12)
+    op = bound_op(lin, "lin")
+    A = torch.randn(4, 3, 12)
+    A[..., :10] = 0.0  # sparse coefficients: the fast row-skipping branch
+    for free in (0.0, 0.2):  # no radius at all (the early return), and some free inputs
+        l = (torch.rand(4, 40) < 0.4).float()
+        u = torch.where(torch.rand(4, 40) < free, torch.ones_like(l), l)
+        AW = A @ lin.weight
+        mid, rad = (u + l) / 2, (u - l) / 2
+        dense = (AW * mid.unsqueeze(1)).sum(-1) - (AW.abs() * rad.unsqueeze(1)).sum(-1) + A @ lin.bias
+        torch.testing.assert_close(op.concretize(A, l, u), dense, atol=1e-5, rtol=1e-5)

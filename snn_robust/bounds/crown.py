@@ -256,6 +256,9 @@ def s_crown_optimized(
     summed lower bound; the bound of the final weights is returned, differentiable with respect
     to the network's parameters (the weights themselves are constants there).
     """
+    if not any(bool(st.unstable.any()) for st in ibp.stability):
+        # every relaxation is a constant or exact: nothing to optimise
+        return s_crown(network, ibp, lower, upper, spec)
     frozen = IBPResult(
         ibp.op_inputs, [(l.detach(), u.detach()) for l, u in ibp.membrane], ibp.stability, ibp.spikes,
         ibp.op_errors, ibp.charge_errors,

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from ..neuron import spike
 from .relaxations import Stability, reset_interval, soft_reset_interval, stability
-from .rounding import charge_error, unit_roundoff
+from .rounding import charge_error, point_outputs_exact, unit_roundoff
 
 __all__ = ["IBPResult", "s_ibp"]
 
@@ -77,11 +77,21 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
             soft_v = (th.detach() if lif.reset == "subtract" else 0.0)
         cl = cu = torch.zeros_like(spl[0])
         v_abs = torch.zeros_like(sp_abs[0])
+        m_prev = s_prev = torch.zeros_like(spl[0])
+        exact_points = point_outputs_exact()
         mls, mus, errs = [], [], []
         for t in range(T):
             with torch.no_grad():
                 err = charge_error(sp_abs[t], v_abs, a_d, s_d, u)
+                point = (spl[t] == spu[t]) & (cl == cu) if exact_points else None
+                if point is not None:
+                    err = err * ~point
             ml, mu = scale * spl[t] + cl - err, scale * spu[t] + cu + err
+            if point is not None and bool(point.any()):
+                # a fixed input and a fixed carry: the membrane is the one float that the
+                # network's own charge arithmetic gives (rounding module docstring)
+                m_point = lif.charge(m_prev, s_prev, spl[t])
+                ml, mu = torch.where(point, m_point, ml), torch.where(point, m_point, mu)
             st = stability(ml, mu, th)
             if lif.reset == "zero":
                 zl, zu = reset_interval(ml, mu, st)
@@ -90,6 +100,7 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
                 cl, cu = soft_reset_interval(ml, mu, st, alpha, kappa, th)
             with torch.no_grad():  # |v|, the membrane after this step's reset, for the next charge
                 v_abs = torch.maximum(ml.abs(), mu.abs()) + soft_v
+            m_prev, s_prev = ml, st.fires.to(ml.dtype)
             mls.append(ml)
             mus.append(mu)
             errs.append(err.expand_as(ml))

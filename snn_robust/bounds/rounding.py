@@ -33,6 +33,21 @@ decay itself (``alpha = 1 - 1/tau``, ``1 - sigmoid(w)``) is a float of the true 
 within ``2u``. :func:`charge_error` takes ``8 u`` times that magnitude, which covers the
 framework, our own interval arithmetic and the widening.
 
+**Fixed inputs (the ``"same-kernel"`` error model, the default).** The any-order bound
+is large for wide layers (``n`` in the hundreds: ``~1e-4`` on the paper's FC layers), and
+with it no paper-sized network is exact at ``eps = 0``: a few membranes per sample lie
+that close to the threshold, so they must count as unstable. But a forward pass computes
+a layer with the same torch module on the same values; where *every* input of an output
+is fixed (``l == u`` on its window), S-IBP's interval is the single float that module
+returns (``module(mid)`` with ``mid == l``, spread exactly 0), and a neuron whose
+spatial input and carry are both such points gets its membrane from the network's own
+``LIF.charge`` (the adapters' overrides repeat snnTorch's and SpikingJelly's formulas
+bit for bit). Those neurons are not widened at all. This assumes the kernel returns the
+same float for the same inputs whatever else is in the batch (true of our forward,
+which folds time into the batch exactly as S-IBP does; snnTorch and SpikingJelly call
+the same modules, possibly with another batch size). :func:`set_error_model` with
+``"any-order"`` drops the assumption and widens every neuron.
+
 **Assumptions.** IEEE arithmetic in the tensors' dtype with round-to-nearest. TF32 (on
 for convolutions by default on NVIDIA GPUs) and Winograd/FFT convolutions break the
 componentwise bound: when the bound itself runs on CUDA with TF32 allowed, ``u`` is
@@ -56,7 +71,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["unit_roundoff", "gamma", "accumulation_error", "charge_error", "grid_tolerance", "round_to_grid"]
+__all__ = [
+    "ERROR_MODELS", "set_error_model", "point_outputs_exact", "unit_roundoff", "gamma", "accumulation_error",
+    "charge_error", "grid_tolerance", "round_to_grid",
+]
+
+ERROR_MODELS = ("same-kernel", "any-order")
+_model = "same-kernel"
+
+
+def set_error_model(model: str) -> str:
+    """Choose how fixed inputs are treated (module docstring); returns the previous model."""
+    global _model
+    if model not in ERROR_MODELS:
+        raise ValueError(f"error model must be one of {ERROR_MODELS}, got {model!r}")
+    previous, _model = _model, model
+    return previous
+
+
+def point_outputs_exact() -> bool:
+    """Whether outputs with fixed inputs are taken as exact (``"same-kernel"``)."""
+    return _model == "same-kernel"
 
 
 def unit_roundoff(dtype: torch.dtype, device: torch.device | None = None) -> float:

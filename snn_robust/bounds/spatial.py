@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
-from .rounding import accumulation_error, unit_roundoff
+from .rounding import accumulation_error, point_outputs_exact, unit_roundoff
 
 __all__ = ["BoundOp", "BoundLinear", "BoundConv2d", "BoundAvgPool2d", "BoundMaxPool2d", "BoundFlatten", "bound_op"]
 
@@ -83,18 +83,26 @@ class _AffineOp(BoundOp):
     def abs_bias(self, like: Tensor) -> Tensor | float:  # |b| broadcast against the output
         return 0.0
 
-    def terms(self, nonzero: Tensor) -> Tensor | int:  # summed terms per output (bias included)
+    def window_count(self, mask: Tensor) -> Tensor:  # ones of mask [M, X...] in each output's window
+        raise NotImplementedError
+
+    def fan_in(self, x: Tensor) -> int:  # terms summed per output, bias and division included
         raise NotImplementedError
 
     def rounding_error(self, l: Tensor, u: Tensor) -> Tensor:
         """``2 gamma_{n+4} (|W| max(|l|, |u|) + |b|)`` with ``n`` the inputs of each output
-        that can be nonzero (:func:`~snn_robust.bounds.rounding.accumulation_error`)."""
+        that can be nonzero (:func:`~snn_robust.bounds.rounding.accumulation_error`); 0
+        for an output whose inputs are all fixed (``l == u`` on its window) under the
+        ``"same-kernel"`` error model."""
         with torch.no_grad():
             x = torch.maximum(l.abs(), u.abs())
             magnitude = self.abs_linear(x)
             magnitude = magnitude + self.abs_bias(magnitude)
-            n = self.terms((x != 0).to(x.dtype))
-            return accumulation_error(magnitude, n, unit_roundoff(x.dtype, x.device))
+            n = self.window_count((x != 0).to(x.dtype)).clamp(max=self.fan_in(x))
+            err = accumulation_error(magnitude, n + 1, unit_roundoff(x.dtype, x.device))
+            if point_outputs_exact():
+                err = err * (self.window_count((l != u).to(x.dtype)) > 0)
+            return err
 
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         mid, rad = (u + l) / 2, (u - l) / 2
@@ -116,9 +124,11 @@ class BoundLinear(_AffineOp):
         b = self.module.bias
         return 0.0 if b is None else b.detach().abs()
 
-    def terms(self, nonzero: Tensor) -> Tensor:
-        n = nonzero.sum(-1, keepdim=True).clamp(max=self.module.in_features)
-        return n + (self.module.bias is not None)
+    def window_count(self, mask: Tensor) -> Tensor:
+        return mask.sum(-1, keepdim=True)
+
+    def fan_in(self, x: Tensor) -> int:
+        return self.module.in_features
 
     def bias_term(self, A: Tensor) -> Tensor:
         b = self.module.bias
@@ -172,13 +182,14 @@ class BoundConv2d(_AffineOp):
         b = self.module.bias
         return 0.0 if b is None else b.detach().abs().reshape(-1, 1, 1)
 
-    def terms(self, nonzero: Tensor) -> Tensor:
-        """Nonzero inputs in each output's window, over all input channels (an upper
-        bound for grouped convolutions), at most the fan-in."""
+    def window_count(self, mask: Tensor) -> Tensor:
+        """Over all input channels: an upper bound for grouped convolutions."""
         c = self.module
-        window = nonzero.new_ones(1, 1, *c.kernel_size)
-        n = F.conv2d(nonzero.sum(1, keepdim=True), window, None, c.stride, c.padding, c.dilation)
-        return n.clamp(max=c.weight[0].numel()) + (c.bias is not None)
+        window = mask.new_ones(1, 1, *c.kernel_size)
+        return F.conv2d(mask.sum(1, keepdim=True), window, None, c.stride, c.padding, c.dilation)
+
+    def fan_in(self, x: Tensor) -> int:
+        return self.module.weight[0].numel()
 
     def bias_term(self, A: Tensor) -> Tensor:
         b = self.module.bias
@@ -206,10 +217,13 @@ class BoundAvgPool2d(_AffineOp):
     def abs_linear(self, x: Tensor) -> Tensor:
         return self.module(x)  # nonnegative weights
 
-    def terms(self, nonzero: Tensor) -> int:
-        """The window's size, plus the division (read from the shapes for an adaptive pool)."""
-        out = self.module(nonzero[:1, :1])
-        ratio = math.ceil(nonzero.shape[-2] * nonzero.shape[-1] / (out.shape[-2] * out.shape[-1]))
+    def window_count(self, mask: Tensor) -> Tensor:
+        return self.module(mask) * self.fan_in(mask)
+
+    def fan_in(self, x: Tensor) -> int:
+        """The window's size (read from the shapes for an adaptive pool), plus the division."""
+        out = self.module(x[:1, :1])
+        ratio = math.ceil(x.shape[-2] * x.shape[-1] / (out.shape[-2] * out.shape[-1]))
         return max(math.prod(getattr(self, "kernel", (1, 1))), ratio) + 1
 
     def bias_term(self, A: Tensor) -> Tensor:
