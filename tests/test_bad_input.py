@@ -162,6 +162,18 @@ def test_nonfinite_weight_refused_when_bounding_naming_the_layer(layer, param, v
         sr.compute_bounds(net, *box(), LABELS, method=method)
 
 
+def test_nonfinite_readout_weight_refused_when_bounding():
+    from snn_robust.bounds.adapter_ops import RateReadout
+
+    head = nn.Linear(3, 2)
+    net = sr.SpikingNetwork([nn.Flatten(), nn.Linear(16, 3), sr.LIF()], readout=RateReadout("linear", head))
+    sr.compute_bounds(net, *box(), torch.tensor([0, 1]), method="ibp")  # fine before
+    with torch.no_grad():
+        head.weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"readout linear\.weight contains 1 NaN"):
+        sr.compute_bounds(net, *box(), torch.tensor([0, 1]), method="ibp")
+
+
 @pytest.mark.parametrize("value", BAD_VALUES)
 def test_nonfinite_weight_refused_at_construction(value):
     fc = nn.Linear(16, 3)
