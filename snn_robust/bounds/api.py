@@ -91,7 +91,8 @@ def _validate(
             if not ((x == 0) | (x == 1)).all():
                 raise ValueError(
                     f"{name} must be binary (0/1) for a spike-input network; use input_coding='direct' for analog "
-                    "inputs (DirectLinf) or build spike bounds with DigitalLinf / SpikeL0"
+                    "inputs (DirectLinf) or build spike bounds with DigitalLinf / SpikeL0 (event frames from tonic's "
+                    "ToFrame hold event counts: binarize them with (frames > 0).float())"
                 )
     if labels is not None:
         B = lower.shape[1]
@@ -122,6 +123,15 @@ def compute_bounds(
         method: one of :data:`METHODS`.
 
     The result is differentiable with respect to the network's parameters.
+
+    **Bad input** is refused before any bounding, with a ``ValueError`` (``TypeError`` for
+    a wrong kind of object) that names the culprit: an empty batch or ``T' = 0`` (the same
+    error for every method), NaN / infinite bounds, neuron parameters out of range or
+    weights not finite (named by layer; checked on every call, since training moves
+    them), a per-sample shape some layer cannot take or other than the network's
+    ``input_shape``, bounds on another device, non-binary bounds for a spike-input
+    network. float16 / float64 bounds are cast to the network's dtype (sound: rounding is
+    monotone, so the cast box keeps every input of that dtype it held).
 
     **Readouts.** With ``network.readout`` (class scores ``W rate + b``, e.g. a voting
     layer) ``C`` is the readout's class count and the bounds are on the scores: the
