@@ -771,3 +771,11 @@ def test_snntorch_population_coding_net_takes_its_class_count_from_the_readout()
     assert_every_parameter_gets_gradient(model, loss)
     with pytest.raises(ValueError, match=r"num_classes=7 does not divide the 500 output neurons"):
         sr.from_snntorch(model, num_classes=7)
+
+
+def test_count_frames_given_to_a_spike_network_are_refused_with_the_binarization():
+    net = sr.from_snntorch(nn.Sequential(nn.Flatten(), nn.Linear(4, 2), snn.Leaky(0.5, init_hidden=True)))
+    frames = torch.tensor([[[[0.0, 2.0], [1.0, 3.0]]]]).expand(2, 1, 2, 2)  # [T, B, H, W] event counts
+    with pytest.raises(ValueError, match=r"ToFrame.*\(frames > 0\)\.float\(\)"):
+        sr.compute_bounds(net, frames, frames)
+    sr.compute_bounds(net, (frames > 0).float(), (frames > 0).float())
