@@ -74,7 +74,7 @@ class _LazyChoices:
 
 
 #: The bound methods, as :data:`snn_robust.bounds.METHODS` lists them.
-_METHODS = _LazyChoices("bounds.api", "METHODS")
+_METHODS = _LazyChoices("bounds", "METHODS")
 
 
 def resolve_device(name: str) -> Any:

@@ -41,3 +41,21 @@ def test_method_choices_are_the_library_methods(command: list[str]) -> None:
 def test_dataset_choices_are_the_library_datasets() -> None:
     parser = build_parser()
     assert [parser.parse_args(["data", "fetch", d]).dataset for d in DATASETS] == list(DATASETS)
+
+
+# Entry points a user may import first. With lazy package __init__ files no import order is
+# forced, so an import cycle between submodules would surface here (network <-> bounds did).
+FIRST_IMPORTS = ["snn_robust.network", "snn_robust.models", "snn_robust.bounds.api", "snn_robust.training",
+                 "snn_robust.evaluate", "snn_robust.adapters", "snn_robust.recipes.pipeline"]
+
+
+@pytest.mark.slow
+def test_every_entry_module_imports_first() -> None:
+    procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True) for m in FIRST_IMPORTS}
+    failed = {}
+    for module, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode:
+            failed[module] = err.strip().splitlines()[-1]
+    assert not failed, failed
