@@ -12,6 +12,11 @@ What a certificate covers (the paper says so in Section 3.2): for ``DigitalLinf`
 sampled bounds contain is covered, not the whole ball. ``DirectLinf`` bounds the whole
 l_inf ball of an analog input.
 
+Checks: ``eps`` must be a finite number in ``[0, 1]`` (``[0, high - low]`` for
+``DirectLinf``; strings such as ``'0.1'`` and ``True`` are refused at construction), and
+inputs must be finite floating tensors: a NaN pixel would compare false everywhere and
+pass a range test, so it is refused with a ``ValueError`` naming the input.
+
 Radius convention: ``eps`` is the l_inf *radius*, ``x^u = x + eps``, ``x^l = x - eps``,
 as in the authors' code (the paper's text writes ``eps/2``).
 """

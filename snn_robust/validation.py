@@ -74,7 +74,9 @@ def check_finite(x: Tensor, name: str, hint: str = "") -> None:
     A comparison with NaN is false, so without this check a NaN pixel passes a range
     test such as ``x.min() < 0`` and a NaN weight turns some bounds into NaN while
     others stay finite."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    # a finite sum proves every element finite (the cheap test); only a non-finite sum,
+    # which may also be an overflow of finite elements, needs the elementwise one
+    if x.is_floating_point() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains {describe_nonfinite(x)}{'; ' + hint if hint else ''}")
 
 
