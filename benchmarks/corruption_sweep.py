@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1, help="flip every N-th byte of the checkpoint")
     parser.add_argument("--model-stride", type=int, default=97, help="flip every N-th byte of the model file")
     parser.add_argument("--cut-stride", type=int, default=256, help="truncate at every N-th length")
+    parser.add_argument("--files", nargs="+", choices=("checkpoint", "model file"), default=["checkpoint", "model file"],
+                        help="which files to damage (default: both)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from test_training import CONFIG, noisy_transform, reseed_globals, tiny_data, tiny_net
@@ -93,6 +95,8 @@ def main() -> None:
 
         for name, data, ref, load, stride in (("checkpoint", ckpt, ckpt_ref, load_checkpoint, args.stride),
                                               ("model file", model, model_ref, load_weights, args.model_stride)):
+            if name not in args.files:
+                continue
             for kind, copies in (("flipped byte", flips(data, stride)), ("truncated", cuts(data, args.cut_stride))):
                 t0 = time.perf_counter()
                 counts = sweep(data, ref, load, copies, folder / "damaged.pt")

@@ -267,5 +267,5 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> dict[s
         body = _tprime_md(results)
     for name in PLOTS[kind]:
         files[name] = out / name
-    files["results.md"].write_text("\n".join(_header(results) + body) + "\n")
+    atomic_write_text(files["results.md"], "\n".join(_header(results) + body) + "\n")
     return files

@@ -228,13 +228,14 @@ def _finish(proc: subprocess.Popen) -> str:
 
 def kill_and_resume(run_dir: Path, kills: int, rng: random.Random, damage: list[str]) -> dict[str, int]:
     """Start the worker and SIGKILL it after 1-2 announced steps plus a random delay (so kills
-    also land inside the checkpoint writes), ``kills`` times. After kill 3, 5, ... damage the
-    newest checkpoint as the next entry of ``damage`` says (once a previous one exists). Then
-    let a last run finish. Returns counts of kills, damaged checkpoints, fallbacks to the
-    previous checkpoint and temporary files found after a kill."""
+    also land inside the checkpoint writes), ``kills`` times. From kill 3 on, damage the newest
+    checkpoint as the next entry of ``damage`` says, after each kill where both checkpoints
+    exist. Then let a last run finish. Returns counts of kills, damaged checkpoints, fallbacks
+    to the previous checkpoint and temporary files found after a kill."""
     stats = {"kills": 0, "damaged": 0, "fallbacks": 0, "stale_tmp": 0}
     pending = list(damage)
-    while stats["kills"] < kills:
+    # a damage waits for a kill after which both checkpoints exist; a few extra kills give it one
+    while stats["kills"] < kills or (pending and stats["kills"] < 3 * kills):
         proc = _worker(run_dir)
         lines = [proc.stdout.readline().strip() for _ in range(rng.randint(1, 2))]
         if "done" in lines or "" in lines:  # the run completed before this kill
@@ -268,13 +269,13 @@ def test_runs_killed_at_random_points_end_bit_for_bit_equal(tmp_path):
     stats = kill_and_resume(killed_dir, kills, random.Random(seed), ["flipped", "truncated"])
     print(f"kill test (seed {seed}): {stats}")
     a, b = load_checkpoint(straight_dir / "last.pt"), load_checkpoint(killed_dir / "last.pt")
-    assert b["step"] == 15 and same_tensors(a["model"], b["model"])
+    assert a["step"] == b["step"] == 30 and same_tensors(a["model"], b["model"])
     assert strip_time(a["history"]) == strip_time(b["history"])
     assert torch.equal(a["training_step"]["generator"], b["training_step"]["generator"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and a["rng"]["numpy"] == b["rng"]["numpy"]
     assert (straight_dir / "metrics.csv").read_text().count("\n") == (killed_dir / "metrics.csv").read_text().count("\n")
     assert not list(killed_dir.glob(".last.pt.*.tmp"))
-    assert stats["kills"] == kills and stats["damaged"] == 2
+    assert kills <= stats["kills"] <= 3 * kills and stats["damaged"] == 2
     # every damaged newest checkpoint was replaced by the previous one (a kill between the two
     # renames of a save also resumes from the previous one)
     assert stats["fallbacks"] >= stats["damaged"]
