@@ -929,12 +929,19 @@ def fit(
     def now() -> float:
         return elapsed + (time.perf_counter() - started)
 
+    # previous.pt must come from this run: a fresh run's first save drops an older run's
+    # previous.pt and does not keep the older last.pt (a fallback must never revive that run)
+    keep_previous = {"on": ck is not None}
+
     def save() -> None:
         if ckpt_path is None:
             return
         bad = non_finite_parameters(net)
         if bad:  # the training step stops first; this guards models changed from outside
             raise NonFiniteError(f"step {step}: refusing to checkpoint non-finite weights in {', '.join(bad)}")
+        previous = ckpt_path.with_name(PREVIOUS_CHECKPOINT_NAME)
+        if not keep_previous["on"]:
+            previous.unlink(missing_ok=True)
         atomic_save({
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
@@ -949,7 +956,8 @@ def fit(
             "epoch_mean": epoch_mean.state_dict(),
             "span_mean": span_mean.state_dict(),
             "environment": _environment(),
-        }, ckpt_path, keep_previous=ckpt_path.with_name(PREVIOUS_CHECKPOINT_NAME))
+        }, ckpt_path, keep_previous=previous if keep_previous["on"] else None)
+        keep_previous["on"] = True
 
     def stop_now() -> bool:
         return max_steps is not None and step >= max_steps

@@ -279,3 +279,16 @@ def test_runs_killed_at_random_points_end_bit_for_bit_equal(tmp_path):
     # every damaged newest checkpoint was replaced by the previous one (a kill between the two
     # renames of a save also resumes from the previous one)
     assert stats["fallbacks"] >= stats["damaged"]
+
+
+def test_a_fresh_run_never_falls_back_into_an_older_run(tmp_path):
+    """resume=False over an older run's folder: the older checkpoints are not kept as
+    previous.pt, so a damaged newest checkpoint cannot revive the older run."""
+    run(tmp_path, max_steps=7, checkpoint_every=1)  # the older run, with last.pt and previous.pt
+    reseed_globals(0)
+    run(tmp_path, max_steps=1)  # a fresh run saves once
+    assert not (tmp_path / PREVIOUS_CHECKPOINT_NAME).exists()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    _damage("flipped", tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="no good checkpoint is left"):
+        run(tmp_path, resume=True)
