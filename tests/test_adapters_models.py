@@ -779,3 +779,20 @@ def test_count_frames_given_to_a_spike_network_are_refused_with_the_binarization
     with pytest.raises(ValueError, match=r"ToFrame.*\(frames > 0\)\.float\(\)"):
         sr.compute_bounds(net, frames, frames)
     sr.compute_bounds(net, (frames > 0).float(), (frames > 0).float())
+
+
+def test_every_method_is_exact_at_a_point_input_through_batchnorm_in_eval():
+    """At ``lower == upper`` the eval-mode BatchNorm runs the module's own kernel, so the
+    bounds of every method are the model's own output rates (same-kernel error model)."""
+    gen = torch.Generator().manual_seed(9)
+    model = ConvBNNet()
+    boost(model, 2.0)
+    randomize_batchnorm(model, gen)
+    model.eval()
+    x = torch.rand(4, 3, 1, 8, 8, generator=gen).bernoulli(generator=gen)
+    net = sr.from_snntorch(model, example_input=x)
+    rates = model(x).mean(0)
+    assert 0 < rates.mean() < 1
+    for method in sr.METHODS:
+        lb, ub = sr.compute_bounds(net, x, x, method=method)
+        assert torch.equal(lb, rates) and torch.equal(ub, rates), method

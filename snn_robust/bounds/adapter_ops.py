@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import UnsupportedLayerError
-from .rounding import accumulation_error, unit_roundoff
+from .rounding import accumulation_error, point_outputs_exact, unit_roundoff
 from .spatial import BoundAvgPool2d, BoundOp, _pair
 
 __all__ = ["StepBatchNorm", "BoundBatchNorm", "BoundAdaptiveAvgPool2d", "adaptive_pool_window", "RateReadout"]
@@ -149,7 +149,10 @@ class BoundBatchNorm(BoundOp):
         with ``a`` and ``b`` precomputed), ours ``a x + b``: each is a handful of roundings
         of terms bounded by ``|a| (|x| + |mean|) + |beta|``, and the reciprocal square root
         errs relatively by a few ``u``; 8 roundings of that magnitude cover both and the
-        interval arithmetic (the :mod:`~snn_robust.bounds.rounding` rule with ``n = 8``)."""
+        interval arithmetic (the :mod:`~snn_robust.bounds.rounding` rule with ``n = 8``).
+        Under the ``"same-kernel"`` error model an element with a fixed input (``l == u``)
+        in eval mode has no error: :meth:`interval` computes it with the module's own
+        kernel, as the network's forward does (BatchNorm is elementwise)."""
         with torch.no_grad():
             a, _ = self.affine(l)
             mean = self._stats(l)[0]
@@ -157,13 +160,18 @@ class BoundBatchNorm(BoundOp):
             beta = bn.bias.abs() if bn.bias is not None else torch.zeros_like(a)
             a, mean, beta = (self._per_channel(v.detach().abs(), l, 1) for v in (a, mean, beta))
             x = torch.maximum(l.abs(), u.abs())
-            return accumulation_error(a * (x + mean) + beta, 8, unit_roundoff(x.dtype, x.device))
+            err = accumulation_error(a * (x + mean) + beta, 8, unit_roundoff(x.dtype, x.device))
+            if point_outputs_exact() and not self.module.uses_batch_stats():
+                err = err * (l != u)
+            return err
 
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         a, b = self.affine(l)
         a, b = self._per_channel(a, l, 1), self._per_channel(b, l, 1)
         mid, rad = (u + l) / 2, (u - l) / 2
-        centre, spread = a * mid + b, a.abs() * rad
+        # eval: the module's own kernel on the centre (exact at fixed inputs, see rounding_error)
+        centre = a * mid + b if self.module.uses_batch_stats() else self.module(mid)
+        spread = a.abs() * rad
         return centre - spread, centre + spread
 
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
