@@ -592,7 +592,7 @@ def _add_recipe(subparsers: Any) -> None:
             "command skips finished stages and resumes training from its last checkpoint.\n\n"
             "recipes:\n" + "\n".join(lines) + "\n\nprofiles:\n"
             "  smoke   the whole pipeline on tiny subsets in well under 2 minutes (tests; numbers mean nothing)\n"
-            "  quick   a CPU budget, 4-11 minutes per recipe measured on a shared 2-core CPU (reduced; see docs/reproduction.md)\n"
+            "  quick   a CPU budget (reduced; what it reduces and each recorded run's wall time: docs/reproduction.md)\n"
             "  paper   the paper's settings (80 + 300 epochs, SGD); for a GPU"),
         epilog=(
             "examples:\n"
