@@ -336,8 +336,9 @@ def _flip_budget_view(network: SpikingNetwork, k: int, steps: int, per_step: boo
     op = stage.ops[first]
     if not isinstance(op, (BoundLinear, BoundConv2d, BoundAvgPool2d)):
         raise UnsupportedLayerError(
-            f"event_l0_bounds: the first spatial layer {op.name} ({type(op.module).__name__}) is not affine; "
-            "put a Linear, Conv2d or AvgPool2d first, or certify sampled picks with SpikeL0"
+            f"event_l0_bounds: the first spatial layer {op.name} ({type(op.module).__name__}) is not supported there; "
+            "it bounds a Linear, Conv2d or AvgPool2d reading the events exactly (put one first), or certify sampled "
+            "picks with SpikeL0"
         )
     if isinstance(op, BoundConv2d) and op.module.groups != 1:
         raise UnsupportedLayerError(f"event_l0_bounds: layer {op.name} (Conv2d) has groups={op.module.groups}; only groups=1")
