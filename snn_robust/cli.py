@@ -657,7 +657,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             format=f"{PROG}: %(message)s",
             stream=sys.stderr,
         )
-        return int(args.handler(args))
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # On a terminal, log lines go above the progress bar instead of onto its line.
+        with logging_redirect_tqdm():
+            return int(args.handler(args))
     except SystemExit as exc:  # --help / --version; first, so that they import nothing more
         return exc.code if isinstance(exc.code, int) else 0
     except UsageError as exc:
