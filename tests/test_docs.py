@@ -173,7 +173,7 @@ PY_FILES = sorted({b.file for b in ALL_BLOCKS if b.language == "python"})
 
 @pytest.mark.slow
 @pytest.mark.parametrize("file", PY_FILES)
-def test_python_blocks_run_and_show_their_effect(file: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_python_blocks_run_and_show_their_effect(file: str) -> None:
     torch.manual_seed(0)
     ns: dict[str, Any] = {"__name__": f"docs:{file}"}
     for block in (b for b in ALL_BLOCKS if b.file == file and b.language == "python"):
@@ -190,7 +190,7 @@ def test_python_blocks_run_and_show_their_effect(file: str, capsys: pytest.Captu
 def _commands(code: str) -> list[list[str]]:
     """Each command line of a bash block as words, comments and VAR=value prefixes removed."""
     out = []
-    for line in code.splitlines():
+    for line in code.replace("\\\n", " ").splitlines():  # join continued lines first
         words = shlex.split(line, comments=True)
         while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=\S*", words[0]):
             words = words[1:]
@@ -260,3 +260,5 @@ def test_blocks_parser_reads_fences(tmp_path: Path) -> None:
     got = blocks(doc, tmp_path)
     assert [(b.heading, b.index, b.language, b.line, b.code) for b in got] == [
         ("A", 1, "python", 3, "x = 1"), ("A", 2, "python", 7, "y = 2"), ("B", 1, "bash", 11, "make run")]
+    assert _commands("A=1 snn-robust recipe \\\n  mnist-fc  # quick\n\nmake test") == [
+        ["snn-robust", "recipe", "mnist-fc"], ["make", "test"]]
