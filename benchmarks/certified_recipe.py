@@ -27,8 +27,10 @@ from snn_robust.recipes.pipeline import load_model, load_test_set, load_train_se
 #: Variant name -> TrainConfig.quick_robust overrides (on top of "epochs" / ramp / hold given
 #: on the command line).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "base": dict(),  # TrainConfig.quick_robust as it is
+    "base": dict(),  # TrainConfig.quick_robust as it is (since this commit: with the cosine lr)
     "cos": dict(lr_schedule="cosine"),
+    "cos-smooth": dict(lr_schedule="cosine", eps_shape="smooth"),
+    "const-lr": dict(lr_schedule="step"),
     "tfac1.5": dict(train_eps_factor=1.5),
     "tfac2": dict(train_eps_factor=2.0),
     "cos-tfac1.5": dict(lr_schedule="cosine", train_eps_factor=1.5),
@@ -38,6 +40,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cos-tfac1.5-w.2": dict(lr_schedule="cosine", train_eps_factor=1.5, clean_weight=0.2, bound_weight=0.8),
     "cos-tfac1.5-w.6": dict(lr_schedule="cosine", train_eps_factor=1.5, clean_weight=0.6, bound_weight=0.4),
     "cos-tfac1.5-lr5e-4": dict(lr_schedule="cosine", train_eps_factor=1.5, lr=5e-4),
+    "cos-tfac1.5-bs5": dict(lr_schedule="cosine", train_eps_factor=1.5, bound_scale=5.0),
+    "cos-tfac2-bs5": dict(lr_schedule="cosine", train_eps_factor=2.0, bound_scale=5.0),
+    "cos-tfac1.5-bs5-w.2": dict(lr_schedule="cosine", train_eps_factor=1.5, bound_scale=5.0, clean_weight=0.2, bound_weight=0.8),
+    "cos-tfac1.5-bs5-kappa": dict(lr_schedule="cosine", train_eps_factor=1.5, bound_scale=5.0, clean_weight_start=1.0),
+    "cos-tfac1.5-bs5-lr2e-3": dict(lr_schedule="cosine", train_eps_factor=1.5, bound_scale=5.0, lr=2e-3),
     "cos-tfac1.5-crown": dict(lr_schedule="cosine", train_eps_factor=1.5, method="crown-ibp"),
 }
 
