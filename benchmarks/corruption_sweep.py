@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -45,7 +45,7 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def sweep(original: bytes, reference: Any, load: Callable[[Path], Any], copies: list[bytes], path: Path) -> dict[str, int]:
+def sweep(reference: Any, load: Callable[[Path], Any], copies: Iterable[bytes], path: Path) -> dict[str, int]:
     counts = {"copies": 0, "refused": 0, "identical": 0, "different": 0}
     for blob in copies:
         path.write_bytes(blob)
@@ -59,12 +59,13 @@ def sweep(original: bytes, reference: Any, load: Callable[[Path], Any], copies: 
     return counts
 
 
-def flips(data: bytes, stride: int) -> list[bytes]:
-    return [data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:] for i in range(0, len(data), stride)]
+def flips(data: bytes, stride: int) -> Iterator[bytes]:
+    # one copy at a time: a list of copies of a 3 MB model file would take tens of GB
+    return (data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:] for i in range(0, len(data), stride))
 
 
-def cuts(data: bytes, stride: int) -> list[bytes]:
-    return [data[:n] for n in range(0, len(data), stride)]
+def cuts(data: bytes, stride: int) -> Iterator[bytes]:
+    return (data[:n] for n in range(0, len(data), stride))
 
 
 def main() -> None:
@@ -99,7 +100,7 @@ def main() -> None:
                 continue
             for kind, copies in (("flipped byte", flips(data, stride)), ("truncated", cuts(data, args.cut_stride))):
                 t0 = time.perf_counter()
-                counts = sweep(data, ref, load, copies, folder / "damaged.pt")
+                counts = sweep(ref, load, copies, folder / "damaged.pt")
                 print(json.dumps({"file": name, "bytes": len(data), "damage": kind,
                                   "stride": stride if kind == "flipped byte" else args.cut_stride, **counts,
                                   "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
