@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from snn_robust import DigitalLinf, SpikeL0, compute_bounds
+from snn_robust import DigitalLinf, SpikeL0, compute_bounds, distributed
 from snn_robust.loss import bound_logits
 from snn_robust.models import paper_model
 from snn_robust.network import SpikingNetwork
@@ -129,10 +129,13 @@ def save_model(path: str | os.PathLike[str], net: SpikingNetwork, *, arch: str, 
     """Write a model file that :func:`load_model` (and the CLI) can rebuild: the paper
     architecture and dataset, the weights, and any JSON-able ``meta`` (training config,
     perturbation, environment), as plain data with a SHA-256 (:func:`atomic_save`).
-    Refuses (``NonFiniteError``) a network with NaN or infinite weights."""
+    Refuses (``NonFiniteError``) a network with NaN or infinite weights. Under several
+    processes only rank 0 writes (the others return ``path`` without writing)."""
     bad = non_finite_parameters(net)
     if bad:
         raise NonFiniteError(f"refusing to save {path}: non-finite weights in {', '.join(bad)}")
+    if not distributed.is_main():
+        return Path(path)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return atomic_save({"format": MODEL_FORMAT, "arch": arch, "dataset": dataset, "state_dict": state,
                         "meta": meta, "environment": environment()}, path)
@@ -315,7 +318,8 @@ def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], h
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2))
+    if distributed.is_main():  # several processes (torchrun): rank 0 alone writes the run folder
+        atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 @dataclass
@@ -412,9 +416,13 @@ class RecipeRun:
         log.info("%s: done in %s (%s since the start of this run)", self._stage_title(name), format_duration(wall),
                  format_duration(time.perf_counter() - self._t_run))
         if model:
-            rows = _read_jsonl(result_file.parent / "metrics.jsonl")
-            # fit's own clock spans every resumption; wall_s only this invocation's part
-            _write_json(marker, {"stage": name, "wall_s": wall, "training_s": rows[-1]["time"] if rows else None})
+            if distributed.is_main():
+                rows = _read_jsonl(result_file.parent / "metrics.jsonl")
+                # fit's own clock spans every resumption; wall_s only this invocation's part
+                _write_json(marker, {"stage": name, "wall_s": wall, "training_s": rows[-1]["time"] if rows else None})
+            # under torchrun every rank trains (fit is collective), then all read rank 0's files;
+            # the other stages run on every rank alike (no collectives, no waiting), rank 0 writes
+            distributed.barrier()
         else:
             _write_json(result_file, {"stage": name, "wall_s": wall, "result": result})
         self.stages[name] = {"status": "ran", "wall_s": wall, "file": str(result_file)}
@@ -639,7 +647,8 @@ class RecipeRun:
         }
         if self.c.recipe.kind == "table":
             results["eps_search"] = search
-        report.write_report(results, self.c.out)
+        if distributed.is_main():
+            report.write_report(results, self.c.out)
         return results
 
     def _run_table(self) -> tuple[dict[str, Any], dict[str, Any]]:

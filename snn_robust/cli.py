@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -268,12 +269,27 @@ def _out_file(text: str) -> Path:
 _DATASET_HELP = "mnist, fmnist (images, Bernoulli rate coded) or nmnist (event frames, T = 10)"
 
 
+def _join_processes(device: Any) -> Any:
+    """Under ``torchrun`` (its variables in the environment): join the process group,
+    gloo for CPU, nccl for CUDA with one GPU per process (``cuda:LOCAL_RANK``); see
+    :mod:`snn_robust.distributed`. A plain run gets ``device`` back."""
+    from . import distributed
+
+    return distributed.init_from_env(device)
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (every process of a torchrun job runs the same command)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .models import paper_model
     from .recipes.pipeline import load_train_set, perturbation_for, save_model
     from .training import TrainConfig, fit
 
-    device = resolve_device(args.device)
+    device = _join_processes(resolve_device(args.device))
     seed_everything(args.seed)
     out = _out_file(args.out)
     train = load_train_set(args.dataset, args.train_samples, _data_root(args), args.verify_data)
@@ -286,7 +302,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         log_every=max(1, args.epochs * math.ceil(len(train) / args.batch_size) // 50),
         batch_transform=(lambda x, y: (x.transpose(0, 1), y)) if args.dataset == "nmnist" else None)
     save_model(out, net, arch=args.arch, dataset=args.dataset, train_config=cfg.to_dict(), perturbation=repr(pert))
-    print(f"saved {out} (metrics and checkpoint in {run_dir})")
+    _say(f"saved {out} (metrics and checkpoint in {run_dir})")
     return 0
 
 
@@ -294,7 +310,7 @@ def _cmd_robust_train(args: argparse.Namespace) -> int:
     from .recipes.pipeline import load_train_set, perturbation_for, save_model
     from .training import TrainConfig, fit
 
-    device = resolve_device(args.device)
+    device = _join_processes(resolve_device(args.device))
     seed_everything(args.seed)
     net, info = _load_model_arg(args.model, device)
     out = _out_file(args.out)
@@ -317,7 +333,7 @@ def _cmd_robust_train(args: argparse.Namespace) -> int:
         batch_transform=(lambda x, y: (x.transpose(0, 1), y)) if info["dataset"] == "nmnist" else None)
     save_model(out, net, arch=info["arch"], dataset=info["dataset"], train_config=cfg.to_dict(),
                perturbation=repr(pert), initialised_from=str(args.model))
-    print(f"saved {out} (metrics, incl. bound loss and verified share, and checkpoint in {run_dir})")
+    _say(f"saved {out} (metrics, incl. bound loss and verified share, and checkpoint in {run_dir})")
     return 0
 
 
@@ -564,14 +580,14 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} is a file, not a folder")
     _probe_folder(out, "--out", out)
     root = _data_root(args)
-    device = resolve_device(args.device)
+    device = _join_processes(resolve_device(args.device))
     try:
         results = run_recipe(recipe, profile, out, data_root=root, device=device, seed=args.seed,
                              verify_data=args.verify_data, progress=not args.quiet)
     except RecipeConfigError as exc:
         raise UsageError(str(exc)) from None
     ran = [n for n, s in results["stages"].items() if s["status"] == "ran"]
-    print(f"{recipe.name} ({profile.name}): {len(ran)} stage(s) run, {len(results['stages']) - len(ran)} reused; "
+    _say(f"{recipe.name} ({profile.name}): {len(ran)} stage(s) run, {len(results['stages']) - len(ran)} reused; "
           f"results in {out}/results.md and {out}/results.json")
     return 0
 
@@ -653,7 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         logging.basicConfig(
-            level=logging.WARNING if args.quiet else logging.INFO,
+            # under torchrun the other ranks log warnings only: rank 0 reports the run
+            level=logging.WARNING if args.quiet or os.environ.get("RANK", "0") != "0" else logging.INFO,
             format=f"{PROG}: %(message)s",
             stream=sys.stderr,
         )

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import distributed
 from .bounds.api import METHODS, Method, compute_bounds
 from .fileio import DamagedFileError, atomic_write_text, load_checked, remove_stale_temporaries, save_checked
 from .loss import bound_logits
@@ -227,11 +228,14 @@ class TrainingStep:
         loss, metrics = self.compute_loss(net, x, labels)
         number = self.step + 1  # this step, counted from 1 as in the logs
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        # every rank stops together, or the others would wait forever in the all-reduce
+        if distributed.any_rank(not math.isfinite(loss_value), loss.device):
             parts = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items() if k.endswith("loss"))
             raise NonFiniteError(f"training step {number}: the loss is {loss_value} ({parts}); stopped before the "
                                  "optimizer step (check the data and the learning rate)")
         loss.backward()
+        # several processes: the gradient of the global batch mean (snn_robust.distributed)
+        distributed.average_gradients([p for group in optimizer.param_groups for p in group["params"]], len(labels))
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.clip_norm is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
@@ -452,15 +456,32 @@ class EpochBatchSampler(Sampler[list[int]]):
     ``set_epoch(epoch, start_batch)`` selects the epoch and skips its first ``start_batch``
     batches. The permutation is ``torch.randperm(n)`` from a generator seeded with a hash
     of ``(seed, epoch)`` (identity order with ``shuffle=False``).
+
+    With ``world_size`` > 1 (several processes, :mod:`snn_robust.distributed`) the batches
+    are the same global batches of ``batch_size`` and process ``rank`` gets its contiguous
+    share of each (:func:`~snn_robust.distributed.shard_range`), so every sample is used
+    once per epoch and the order does not depend on the number of processes (a run resumes
+    with any number). Each share must be non-empty: every batch, the last one included,
+    needs at least ``world_size`` samples.
     """
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.n = _check_positive_int("dataset size", n)
         self.batch_size = _check_positive_int("batch_size", batch_size)
         if drop_last and n < batch_size:
             raise ValueError(f"drop_last=True with {n} samples and batch_size {batch_size} leaves no batch")
+        self.world_size = _check_positive_int("world_size", world_size)
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in 0..{world_size - 1}, got {rank!r}")
+        self.rank = rank
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.epoch, self.start_batch = 0, 0
+        smallest = min(batch_size, n) if drop_last or n % batch_size == 0 else n % batch_size
+        if smallest < world_size:
+            raise ValueError(f"a batch of {smallest} samples (dataset size {n}, batch_size {batch_size}, "
+                             f"drop_last={drop_last}) cannot be shared by {world_size} processes: use a batch_size "
+                             f"that divides {n} or leaves at least {world_size} in the last batch, or drop_last=True")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -485,7 +506,11 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order(self.epoch).tolist()
         for b in range(self.start_batch, self.batches_per_epoch):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                start, stop = distributed.shard_range(len(batch), self.rank, self.world_size)
+                batch = batch[start:stop]
+            yield batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
@@ -790,6 +815,22 @@ def _checkpoint_to_resume(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _rank_state(ck: Mapping[str, Any], rank: int, world: int, seed: int) -> dict[str, Any]:
+    """This rank's training-step and RNG states from a checkpoint: its own when the
+    checkpoint was written by as many processes, rank 0's (the main fields) on rank 0; a
+    rank the checkpoint did not have starts its coding stream from
+    :func:`~snn_robust.distributed.rank_seed` at the saved step (the same data order and
+    weights, other random coding draws than an uninterrupted run)."""
+    saved = ck.get("ranks")
+    if saved is not None and len(saved) == world:
+        return saved[rank]
+    if rank == 0:
+        return {"training_step": ck["training_step"], "rng": ck["rng"]}
+    # a generator state fits one device type only, so the new stream is given as a seed
+    state = {**ck["training_step"], "generator": None}
+    return {"training_step": state, "rng": ck["rng"], "reseed": distributed.rank_seed(seed, rank) ^ int(ck["step"])}
+
+
 def fit(
     net: SpikingNetwork,
     dataset: Dataset,
@@ -867,13 +908,19 @@ def fit(
             _check_positive_int(name, value)
     dev = resolve_device(device)
     net.to(dev)
+    # several processes (snn_robust.distributed): shards of each global batch, averaged
+    # gradients, rank 0 alone writes files, logs and progress
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    distributed.broadcast_module(net)
     run_path = Path(run_dir) if run_dir is not None else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else run_path
     ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
 
-    sampler = EpochBatchSampler(len(dataset), config.batch_size, shuffle=config.shuffle, seed=config.seed, drop_last=config.drop_last)
+    sampler = EpochBatchSampler(len(dataset), config.batch_size, shuffle=config.shuffle, seed=config.seed,
+                                drop_last=config.drop_last, rank=rank, world_size=world)
     per_epoch = sampler.batches_per_epoch
-    generator = torch.Generator(device=dev).manual_seed(config.seed)
+    generator = torch.Generator(device=dev).manual_seed(distributed.rank_seed(config.seed, rank))
     clean_loss = CleanLoss(config.clean_loss, config.clean_scale)
     step_fn: TrainingStep
     if config.robust:
@@ -892,9 +939,17 @@ def fit(
     epoch, batch, step, elapsed = 0, 0, 0, 0.0
     history: dict[str, list[dict[str, Any]]] = {"epochs": [], "steps": []}
     epoch_mean, span_mean = _Mean(), _Mean()
-    if ckpt_path is not None:
-        remove_stale_temporaries(ckpt_path)
-    ck = _checkpoint_to_resume(ckpt_path) if resume and ckpt_path is not None else None
+    ck = None
+    if main:
+        try:
+            if ckpt_path is not None:
+                remove_stale_temporaries(ckpt_path)
+            ck = _checkpoint_to_resume(ckpt_path) if resume and ckpt_path is not None else None
+        except CheckpointError as exc:  # raised on every rank, none waits for the checkpoint
+            ck = exc
+    ck = distributed.broadcast_object(ck)  # other ranks need no shared file system
+    if isinstance(ck, CheckpointError):
+        raise ck
     if ck is not None:
         diff = _config_mismatch(ck["config"], config.to_dict())
         if diff:
@@ -905,8 +960,14 @@ def fit(
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         lr_sched.load_state_dict(ck["lr_scheduler"])
-        step_fn.load_state_dict(ck["training_step"])
-        restore_rng_state(ck["rng"])
+        own = _rank_state(ck, rank, world, config.seed)
+        step_fn.load_state_dict(own["training_step"])
+        restore_rng_state(own["rng"])
+        if "reseed" in own:
+            generator.manual_seed(own["reseed"])
+            log.warning("rank %d: the checkpoint was written by %s processes, now %d: this rank's random coding "
+                        "stream restarts from a seed (weights, data order and step are exact)", rank,
+                        len(ck["ranks"]) if "ranks" in ck else 1, world)
         epoch, batch, step, elapsed = ck["epoch"], ck["batch"], ck["step"], ck["time"]
         history = ck["history"]
         epoch_mean.load_state_dict(ck["epoch_mean"])
@@ -916,7 +977,7 @@ def fit(
         log.debug("no checkpoint at %s yet: training from the start", ckpt_path)  # the normal fresh run
 
     epoch_log = steps_log = None
-    if run_path is not None:
+    if run_path is not None and main:
         run_path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_path / "config.json", json.dumps(
             {"config": config.to_dict(), "perturbation": repr(perturbation), "network": repr(net), "environment": _environment()},
@@ -942,6 +1003,10 @@ def fit(
         bad = non_finite_parameters(net)
         if bad:  # the training step stops first; this guards models changed from outside
             raise NonFiniteError(f"step {step}: refusing to checkpoint non-finite weights in {', '.join(bad)}")
+        # each rank's random streams, so that a resume with the same number of processes is exact
+        ranks = distributed.gather({"training_step": step_fn.state_dict(), "rng": capture_rng_state()}) if world > 1 else None
+        if not main:
+            return
         previous = ckpt_path.with_name(PREVIOUS_CHECKPOINT_NAME)
         if not keep_previous["on"]:
             previous.unlink(missing_ok=True)
@@ -959,6 +1024,7 @@ def fit(
             "epoch_mean": epoch_mean.state_dict(),
             "span_mean": span_mean.state_dict(),
             "environment": _environment(),
+            **({"ranks": ranks} if ranks is not None else {}),
         }, ckpt_path, keep_previous=previous if keep_previous["on"] else None)
         keep_previous["on"] = True
 
@@ -966,7 +1032,7 @@ def fit(
         return max_steps is not None and step >= max_steps
 
     total = config.epochs * per_epoch
-    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=progress, initial=min(step, total))
+    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=progress and main, initial=min(step, total))
     completed = False
     try:
         while epoch < config.epochs and not stop_now():
@@ -979,13 +1045,13 @@ def fit(
                 if batch_transform is not None:
                     x, y = batch_transform(x, y)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                metrics = step_fn(net, opt, x, y)
+                metrics, n_global = distributed.mean_metrics(step_fn(net, opt, x, y), len(y), dev)
                 if per_step_lr:
                     lr_sched.step()
                 batch += 1
                 step += 1
-                epoch_mean.add(metrics, len(y))
-                span_mean.add(metrics, len(y))
+                epoch_mean.add(metrics, n_global)
+                span_mean.add(metrics, n_global)
                 bar.update(1)
                 if progress:
                     shown = {k: f"{metrics[k]:.3g}" for k in ("loss", "clean_acc", "verified", "eps") if k in metrics}
@@ -1011,7 +1077,8 @@ def fit(
             history["epochs"].append(row)
             if epoch_log is not None:
                 epoch_log.append(row)
-            log.info("%s", format_row(row, config.epochs, "robust" if config.robust else "natural"))
+            if main:
+                log.info("%s", format_row(row, config.epochs, "robust" if config.robust else "natural"))
             if not per_step_lr:
                 lr_sched.step()
             epoch, batch = epoch + 1, 0

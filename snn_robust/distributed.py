@@ -1,0 +1,218 @@
+"""Several processes (``torchrun``, or a user's own ``torch.distributed`` run) for :func:`fit`.
+
+Data parallel, with the arithmetic of one process on the same global batch:
+
+* :class:`~snn_robust.training.EpochBatchSampler` with ``rank`` / ``world_size`` gives each
+  process a contiguous share of every global batch (:func:`shard_range`), so every sample is
+  seen once per epoch and the union of the shares is the one-process batch.
+* Each process computes its clean and certified losses as means over its share ``n_r``;
+  :func:`average_gradients` all-reduces ``sum_r n_r * grad_r`` and divides by ``N = sum_r n_r``,
+  which is the gradient of the mean over the global batch (the losses are per-sample means),
+  so the optimizer step is the one-process step and the weights stay identical on every rank.
+  The network shares the user's parameters (:mod:`snn_robust.adapters`), so averaging the
+  gradients of ``net.parameters()`` trains the user's modules; no DDP wrapper is needed.
+* Metrics are averaged the same way (:func:`mean_metrics`); only rank 0 writes checkpoints,
+  logs and progress; :func:`gather` collects per-rank evaluation results.
+
+Backend: ``gloo`` for CPU, ``nccl`` for CUDA (:func:`backend_for`). Everything here is a
+no-op returning the one-process answer when ``torch.distributed`` is not initialised.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "average_gradients",
+    "any_rank",
+    "backend_for",
+    "barrier",
+    "broadcast_object",
+    "gather",
+    "init_from_env",
+    "is_initialized",
+    "is_main",
+    "launched_by_torchrun",
+    "mean_metrics",
+    "rank",
+    "rank_seed",
+    "shard_range",
+    "shutdown",
+    "world_size",
+]
+
+
+def is_initialized() -> bool:
+    """Whether a ``torch.distributed`` process group is up."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on the process that writes files and logs (rank 0)."""
+    return rank() == 0
+
+
+def backend_for(device: torch.device | str) -> str:
+    """``"nccl"`` for a CUDA device, ``"gloo"`` otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment holds torchrun's ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR``."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes in the environment (backend from
+    ``device``) and return this process's device: ``cuda:LOCAL_RANK`` for CUDA, ``device``
+    otherwise. Without torchrun's variables, or with a group already up, nothing changes."""
+    if not launched_by_torchrun() or is_initialized():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} CUDA devices; "
+                             "start at most that many processes per node (--nproc_per_node)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend_for(device))
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (if one is up)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items: the first
+    ``n % world_size`` ranks get one more (``torch.tensor_split``'s rule)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random coding stream: ``seed`` itself on rank 0 (so one
+    process draws what it always drew), an independent 63-bit hash of ``(seed, rank)`` else."""
+    if rank == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"snn-robust-rank:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _reduce_device(tensors: Iterable[Tensor] = ()) -> torch.device:
+    """Where a collective's tensors must live: the given tensors' device, else the current
+    CUDA device under nccl, else the CPU."""
+    for t in tensors:
+        return t.device
+    if is_initialized() and str(dist.get_backend()) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def average_gradients(params: list[torch.nn.Parameter], n_local: int) -> int:
+    """Replace each ``p.grad`` by ``sum_r n_r * grad_r / N`` over the ranks (``n_r``: rank
+    r's batch share, ``N``: the global batch), one all-reduce per gradient dtype plus one
+    for ``N`` and which gradients exist; a missing gradient counts as zero (and stays
+    ``None`` when it is missing on every rank). Returns ``N``; without a process group
+    returns ``n_local`` and leaves the gradients alone."""
+    if not is_initialized() or not params:
+        return n_local
+    dev = _reduce_device(params)
+    meta = torch.tensor([float(p.grad is not None) for p in params] + [float(n_local)], device=dev, dtype=torch.float64)
+    dist.all_reduce(meta)
+    total = int(round(float(meta[-1])))
+    present = meta[:-1].tolist()
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p, on_some_rank in zip(params, present):
+        if on_some_rank:
+            by_dtype.setdefault(p.dtype, []).append(p)
+    for dtype, group in by_dtype.items():
+        flat = torch.cat([(p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        flat.mul_(n_local)
+        dist.all_reduce(flat)
+        flat.div_(total)
+        offset = 0
+        for p in group:
+            chunk = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if p.grad is None:
+                p.grad = chunk.clone()
+            else:
+                p.grad.copy_(chunk)
+    return total
+
+
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
+    """True on every rank when ``flag`` is true on some rank (so that all ranks stop
+    together instead of waiting on a collective a stopped rank never joins)."""
+    if not is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device or _reduce_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_metrics(metrics: Mapping[str, float], n_local: int, device: torch.device | None = None) -> tuple[dict[str, float], int]:
+    """Metrics averaged over the ranks weighted by their batch shares (the one-process
+    batch mean of a per-sample mean such as ``clean_acc``), and the global batch size.
+    Every rank must pass the same keys."""
+    if not is_initialized():
+        return dict(metrics), n_local
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) * n_local for k in keys] + [float(n_local)], dtype=torch.float64,
+                     device=device or _reduce_device())
+    dist.all_reduce(t)
+    total = float(t[-1])
+    return {k: float(v) / total for k, v in zip(keys, t[:-1].tolist())}, int(round(total))
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (picklable objects; tensors come back on the
+    device they were sent from, CPU for checkpoints)."""
+    if not is_initialized():
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on every rank, in rank order (``[obj]`` with one process)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (what DDP does at wrapping), so
+    that processes that built their networks from different seeds start equal."""
+    if not is_initialized():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
