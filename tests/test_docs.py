@@ -115,6 +115,12 @@ def _guide_spikingjelly(ns: dict[str, Any]) -> None:
     assert ns["model"][1].weight.grad is not None  # the step trained the user's model itself
 
 
+def _guide_recommended(ns: dict[str, Any]) -> None:
+    history = ns["history"]
+    assert len(history) == 20 and history[0]["eps"] == 0.0 and history[-1]["eps"] == pytest.approx(0.12)
+    assert history[-1]["clean"] < history[0]["clean"]  # it trains (tests/test_user_loop.py checks the robustness gain)
+
+
 def _guide_certify_attack(ns: dict[str, Any]) -> None:
     clean, certified, paper, strong = ns["clean"], ns["certified"], ns["paper"], ns["strong"]
     assert certified.error >= clean.error - 1e-9  # a misclassified sample is never verified
@@ -145,6 +151,7 @@ EFFECTS: dict[tuple[str, str, int], Callable[[dict[str, Any]], None]] = {
     ("README.md", "Quickstart (CPU, seconds)", 1): _readme_quickstart,
     ("docs/user-guide.md", "1. Wrap an snnTorch model", 1): _guide_snntorch,
     ("docs/user-guide.md", "2. A SpikingJelly training loop", 1): _guide_spikingjelly,
+    ("docs/user-guide.md", "Recommended settings (your own loop)", 1): _guide_recommended,
     ("docs/user-guide.md", "3. Certify and attack", 1): _guide_certify_attack,
     ("docs/adapters.md", "Adapters: snnTorch and SpikingJelly models", 1): _adapters_convert,
     ("docs/adapters.md", "Example: certified training in an snnTorch loop", 1): _adapters_training,
