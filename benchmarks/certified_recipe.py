@@ -84,10 +84,11 @@ def main() -> None:
             "config": config,
         }), flush=True)
 
-    if "natural" in args.variants:
-        report("natural", -1, natural, 0.0, {})
+    for name in ("natural", "as-is"):  # evaluate the loaded model itself (as-is: e.g. a recipe's robust model)
+        if name in args.variants:
+            report(name, -1, natural, 0.0, {"model": args.natural_model})
     for name in args.variants:
-        if name == "natural":
+        if name in ("natural", "as-is"):
             continue
         for seed in args.seeds:
             net = copy.deepcopy(natural)
