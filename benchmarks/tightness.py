@@ -3,7 +3,8 @@
 Models: files written by ``snn-robust train`` / ``robust-train`` or a recipe (their test
 set is loaded: MNIST / Fashion-MNIST images with ``DigitalLinf``, N-MNIST event frames with
 ``SpikeL0``), or ``paper-fc`` / ``paper-conv``: the paper's MNIST networks with their
-random initial weights (seed 0) on uniform random images (no data needed).
+random initial weights (seed 0) on uniform random images (no data needed), each labelled
+with the network's own clean prediction (T = 10).
 
 Per model, eps and method it prints one JSON line: the share of samples verified (every
 margin bound > 0), the mean margin lower bound, the shares of margins where the method is
@@ -35,8 +36,11 @@ def _model_and_data(spec: str, n: int, steps: int, data_root: str | None):
         torch.manual_seed(0)
         net = paper_model(spec[6:], "mnist")
         g = torch.Generator().manual_seed(1)
-        return net, torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g), sr.DigitalLinf
-    from recipes.pipeline import load_model, load_test_set, perturbation_for
+        x = torch.rand(n, 1, 28, 28, generator=g)
+        with torch.no_grad():  # random images have no class: certify the network's own prediction
+            y = net(sr.bernoulli_encode(x, 10, g)).argmax(1)
+        return net, x, y, sr.DigitalLinf
+    from snn_robust.recipes.pipeline import load_model, load_test_set, perturbation_for
 
     net, info = load_model(spec)
     x, y = load_test_set(info["dataset"], n, data_root)

@@ -83,15 +83,6 @@ def _per_neuron(value: Tensor, like: Tensor) -> Tensor:
     return value if value.numel() == 1 else value.expand(like.shape[2:]).flatten()
 
 
-def _error_slack(coef: Tensor, err: Tensor | None) -> Tensor | float:
-    """``sum |coef| * err`` over everything but ``[M, S]`` (``coef`` ``[M, S, Y...]``,
-    ``err`` ``[M, Y...]``): what a linear bound on a float value loses to the value's
-    rounding error (``c . x_float >= c . x_exact - |c| . err``)."""
-    if err is None:
-        return 0.0
-    return torch.bmm(coef.abs().flatten(2), err.flatten(1).unsqueeze(-1)).squeeze(-1)
-
-
 def _stage_backward(
     stage, membrane, stability, A: Tensor, adaptive: bool, weights: Relaxation | None = None,
     charge_err: Tensor | None = None,
@@ -99,7 +90,9 @@ def _stage_backward(
     """Coefficients ``[T, B, S, N]`` on a stage's spikes -> on its spatial input ``sp``
     (times ``scale``), and the bias ``[B, S]`` collected on the way. ``charge_err``
     (``[T, B, N...]``) bounds the rounding of each float membrane against the exact charge
-    ``scale * sp + carry``, and is paid for in the bias."""
+    ``scale * sp + carry`` of the exact spatial layers, and is paid for in the bias
+    (``c . m_float >= c . m_exact - |c| . err``; without gradient: the term is ~1e-6 of
+    the bound and its gradient is noise)."""
     lif = stage.lif
     ml, mu = membrane
     T, B, S = A.shape[:3]
@@ -135,7 +128,7 @@ def _stage_backward(
         if carry_m is not None:
             lam_m = lam_m + carry_m
         if charge_err is not None:
-            bias = bias - _dot(lam_m.abs(), charge_err[t].flatten(1))
+            bias = bias - _dot(lam_m.detach().abs(), charge_err[t].flatten(1))
         lam_sp[t] = lam_m if unit_scale else lam_m * scale
         if t == 0:
             break
@@ -185,10 +178,10 @@ def s_crown(
     their maximum is; it costs one product per layer, and it keeps what the last layers'
     relaxations gained when the earlier layers' relaxations would lose it again.
 
-    Floating point: every float membrane and float spatial output differs from the exact
-    expression the backward pass substitutes for it by at most its error bound
-    (``ibp.charge_errors``, ``ibp.op_errors``), so each substitution pays
-    ``|coefficient| . error`` in the bias.
+    Floating point: every float membrane differs from the exact expression the backward
+    pass substitutes for it (the charge of the exact spatial layers applied to the float
+    spikes) by at most its error bound (``ibp.charge_errors``, which carries the spatial
+    layers' rounding too), so each substitution pays ``|coefficient| . error`` in the bias.
     """
     T, B = lower.shape[:2]
     S = spec.shape[1]
@@ -197,7 +190,6 @@ def s_crown(
     bias = spec.new_zeros(B, S)
     best: Tensor | None = None
     charge_errs = ibp.charge_errors or [None] * len(network.stages)
-    op_errs = ibp.op_errors or [[None] * len(st.ops) for st in network.stages]
 
     for k in reversed(range(len(network.stages))):
         stage = network.stages[k]
@@ -213,11 +205,9 @@ def s_crown(
         sp_shape = ibp.membrane[k][0].shape[2:]
         flat = A.reshape(T * B, S, *sp_shape)
         for i in reversed(range(first + 1 if k == 0 and first < len(ops) else 0, len(ops))):
-            bias = bias - _fold_steps(_error_slack(flat, op_errs[k][i]), T, B, S)
             flat, b = ops[i].backward(flat, *boxes[i])
             bias = bias + b.reshape(T, B, S).sum(0)
         if k == 0 and first < len(ops):
-            bias = bias - _fold_steps(_error_slack(flat, op_errs[k][first]), T, B, S)
             value = ops[first].concretize(flat, *boxes[first]).reshape(T, B, S).sum(0) + bias
             return value if best is None else torch.maximum(best, value)
         A = flat.reshape(T, B, S, -1)
@@ -230,11 +220,6 @@ def s_crown(
     value = (A * mid).sum(-1) - (A.abs() * rad).sum(-1)
     value = value.sum(0) + bias
     return value if best is None else torch.maximum(best, value)
-
-
-def _fold_steps(x: Tensor | float, T: int, B: int, S: int) -> Tensor | float:
-    """``[T * B, S]`` -> summed over the steps, ``[B, S]``."""
-    return x if isinstance(x, float) else x.reshape(T, B, S).sum(0)
 
 
 def s_crown_optimized(
@@ -261,7 +246,7 @@ def s_crown_optimized(
         return s_crown(network, ibp, lower, upper, spec)
     frozen = IBPResult(
         ibp.op_inputs, [(l.detach(), u.detach()) for l, u in ibp.membrane], ibp.stability, ibp.spikes,
-        ibp.op_errors, ibp.charge_errors,
+        ibp.charge_errors,
     )
     params = []
     for k, stage in enumerate(network.stages):

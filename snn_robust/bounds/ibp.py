@@ -40,8 +40,8 @@ class IBPResult:
     membrane: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [T, B, N...]
     stability: list[Stability] = field(default_factory=list)  # over [T, B, N...]
     spikes: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [T, B, N...]
-    # floating-point error bounds (no gradient): per op output [M, Y...] (None: exact), per charge [T, B, N...]
-    op_errors: list[list[Tensor | None]] = field(default_factory=list)
+    # floating-point error bounds (no gradient), per stage: how far each float membrane can lie from
+    # the exact charge of the exact spatial layers applied to the float inputs [T, B, N...]
     charge_errors: list[Tensor] = field(default_factory=list)
 
     def rates(self) -> tuple[Tensor, Tensor]:
@@ -57,14 +57,18 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
     for stage in network.stages:
         T, B = l.shape[:2]
         fl, fu = l.reshape(T * B, *l.shape[2:]), u.reshape(T * B, *u.shape[2:])
-        inputs, errors = [], []
+        inputs = []
+        sp_err = None  # the stage's carried spatial rounding error, for S-CROWN
         for op in stage.ops:
             inputs.append((fl, fu))
             err = op.rounding_error(fl, fu)
             fl, fu = op.interval(fl, fu)
             if err is not None:
                 fl, fu = fl - err, fu + err
-            errors.append(err)
+            with torch.no_grad():
+                if sp_err is not None:
+                    sp_err = op.propagate_error(sp_err)
+                sp_err = err if sp_err is None else (sp_err if err is None else sp_err + err)
         spl, spu = fl.reshape(T, B, *fl.shape[1:]), fu.reshape(T, B, *fu.shape[1:])
 
         lif = stage.lif
@@ -103,7 +107,7 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
             m_prev, s_prev = ml, st.fires.to(ml.dtype)
             mls.append(ml)
             mus.append(mu)
-            errs.append(err.expand_as(ml))
+            errs.append(err if sp_err is None else err + s_d * sp_err.reshape(T, B, *sp_err.shape[1:])[t])
         ml, mu = torch.stack(mls), torch.stack(mus)
         st = stability(ml, mu, th)
         # s^u = 0 iff surely silent (mu < th_lo); s^l = 1 iff surely firing (ml > th_hi).
@@ -114,7 +118,6 @@ def s_ibp(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
         result.membrane.append((ml, mu))
         result.stability.append(st)
         result.spikes.append((sl, su))
-        result.op_errors.append(errors)
-        result.charge_errors.append(torch.stack(errs))
+        result.charge_errors.append(torch.stack([e.expand_as(ml[0]) for e in errs]))
         l, u = sl, su
     return result

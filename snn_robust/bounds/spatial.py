@@ -57,6 +57,14 @@ class BoundOp:
         rounds must override this."""
         return None
 
+    def propagate_error(self, err: Tensor) -> Tensor:
+        """A bound on how far this layer's output moves when its input moves by at most
+        ``err`` (elementwise, ``[M, X...]`` -> ``[M, Y...]``): the carried rounding error of
+        earlier layers of the same stage. This default holds for affine layers bounded in
+        midpoint/radius form (the radius of ``interval(-err, err)`` is ``|W| err``)."""
+        lo, hi = self.interval(-err, err)
+        return (hi - lo) / 2
+
     def concretize(self, A: Tensor, l: Tensor, u: Tensor) -> Tensor:
         """``min over x in [l, u]`` of the linear bound ``A . op(x)`` (``[M, S]``), for the
         layer that reads the network input."""
@@ -103,6 +111,9 @@ class _AffineOp(BoundOp):
             if point_outputs_exact():
                 err = err * (self.window_count((l != u).to(x.dtype)) > 0)
             return err
+
+    def propagate_error(self, err: Tensor) -> Tensor:
+        return self.abs_linear(err)
 
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         mid, rad = (u + l) / 2, (u - l) / 2
@@ -241,6 +252,9 @@ class BoundFlatten(BoundOp):
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         return self.module(l), self.module(u)
 
+    def propagate_error(self, err: Tensor) -> Tensor:
+        return self.module(err)
+
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         start = self.module.start_dim
         if start != 1 or self.module.end_dim != -1:
@@ -269,6 +283,9 @@ class BoundMaxPool2d(BoundOp):
 
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         return self.module(l), self.module(u)
+
+    def propagate_error(self, err: Tensor) -> Tensor:
+        return self.module(err)  # max is 1-Lipschitz in each window's largest error
 
     def _windows(self, x: Tensor) -> Tensor:
         """``[M, C, H, W] -> [M, C, K, L]`` windows, padding with -inf as max pooling does."""
