@@ -409,8 +409,8 @@ class RecipeRun:
                 log.info("%s: done in an earlier run (%s), read from %s", self._stage_title(name),
                          format_duration(info.get("wall_s") or 0.0), result_file)
             return info.get("result") if not model else None
+        t0 = time.perf_counter()  # before the description, which may load the data (part of the stage)
         log.info("%s: %s", self._stage_title(name), self._stage_doc(name))
-        t0 = time.perf_counter()
         result = compute()
         wall = time.perf_counter() - t0
         log.info("%s: done in %s (%s since the start of this run)", self._stage_title(name), format_duration(wall),
@@ -452,12 +452,16 @@ class RecipeRun:
         """What a stage does, in words, for the log."""
         c, p = self.c, self.c.profile
         tag = name.split("-")[1] if "-" in name else name
-        if name == "natural":
-            return f"natural training (BPTT, {_count(self.natural_config().epochs, 'epoch')} on {p.n_train or 'all'} samples)"
-        if name.startswith("robust"):
-            cfg = self.robust_config(int(name[len("robust-t"):]) if name.startswith("robust-t") else None)
+        if name == "natural" or name.startswith("robust"):
+            # the step count, so that the progress lines' time left reads against the whole stage
+            n = len(self.train_set())
+            cfg = (self.natural_config() if name == "natural"
+                   else self.robust_config(int(name[len("robust-t"):]) if name.startswith("robust-t") else None))
+            size = f"{_count(cfg.epochs, 'epoch')} on {n} samples, {cfg.epochs * math.ceil(n / cfg.batch_size)} steps"
+            if name == "natural":
+                return f"natural training (BPTT, {size})"
             return (f"robust training (certified loss, {cfg.method} bound at T' = {cfg.bound_steps}, "
-                    f"eps {c.recipe.train_eps}, {_count(cfg.epochs, 'epoch')})")
+                    f"eps {c.recipe.train_eps}, {size})")
         if name.startswith("search-"):
             targets = "/".join(f"{round(100 * t)}" for t in p.search_targets)
             return f"bisection for the eps that give the natural model {targets} % error under {name[len('search-'):]}"
