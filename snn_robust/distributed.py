@@ -216,3 +216,36 @@ def broadcast_module(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src=0)
+
+
+def shard(data: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    """This rank's contiguous share (:func:`shard_range`) of a tensor or a tuple of tensors
+    along their first (sample) dimension, e.g. ``shard((x_test, y_test))`` for sharded
+    evaluation; everything without a process group."""
+    items = data if isinstance(data, tuple) else (data,)
+    if not items or not all(isinstance(t, Tensor) and t.dim() > 0 for t in items):
+        raise TypeError("shard takes a tensor or a tuple of tensors with a sample dimension first")
+    n = len(items[0])
+    if any(len(t) != n for t in items):
+        raise ValueError(f"shard: the tensors hold different numbers of samples ({[len(t) for t in items]})")
+    start, stop = shard_range(n, rank(), world_size())
+    out = tuple(t[start:stop] for t in items)
+    return out if isinstance(data, tuple) else out[0]
+
+
+def combine_errors(result: Any) -> Any:
+    """One :class:`~snn_robust.evaluate.ErrorResult` from every rank's result on its
+    :func:`shard`: each seed's error is the sample-weighted mean of the ranks' errors
+    (``sum_r n_r e_r / N``, the error over all samples), ``num_samples`` their sum, the
+    std recomputed over the combined seeds; ``details`` are rank 0's. Every rank gets it.
+    The ranks must have used the same seeds."""
+    from .evaluate import ErrorResult, _summary
+
+    if not isinstance(result, ErrorResult):
+        raise TypeError(f"combine_errors takes an ErrorResult (clean_error, certified_error), got {type(result).__name__}")
+    results = gather(result)
+    if any(r.seeds != results[0].seeds for r in results):
+        raise ValueError(f"combine_errors: the ranks used different seeds ({[r.seeds for r in results]})")
+    total = sum(r.num_samples for r in results)
+    per_seed = [sum(r.num_samples * r.per_seed[i] for r in results) / total for i in range(len(results[0].per_seed))]
+    return _summary(per_seed, results[0].seeds, total, results[0].details)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from snn_robust import DirectLinf, LIF, SpikingNetwork, distributed
+from snn_robust.evaluate import clean_error
 from snn_robust.training import EpochBatchSampler, TrainConfig, fit, load_checkpoint
 
 from test_training import tiny_data
@@ -97,6 +98,10 @@ def test_without_a_process_group_everything_is_the_one_process_answer():
     assert distributed.gather("x") == ["x"] and distributed.broadcast_object(3) == 3
     assert distributed.rank_seed(5, 0) == 5 and distributed.rank_seed(5, 1) != distributed.rank_seed(5, 2)
     assert distributed.backend_for("cpu") == "gloo" and distributed.backend_for("cuda") == "nccl"
+    x = torch.arange(6)
+    assert distributed.shard(x) is not None and torch.equal(distributed.shard(x), x)
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        distributed.shard((x, x[:5]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +131,11 @@ def worker(rank: int, world: int, port: int, out: str, kill_at: int | None) -> N
         # every rank names its own run folder: only rank 0's may be written (no shared file system needed)
         result = fit(net, tiny_data(), DirectLinf(0.0), CONFIG, run_dir=Path(out) / f"rank{rank}", progress=False,
                      checkpoint_every=1, log_every=1, resume=True, batch_transform=transform)
-        torch.save({"weights": weights(net), "history": result.history, "step": result.step}, Path(out) / f"out{rank}.pt")
+        # sharded evaluation, gathered: the error over all samples on every rank
+        x, y = tiny_data().tensors
+        error = distributed.combine_errors(clean_error(net, distributed.shard((x, y)), coding="direct", progress=False))
+        torch.save({"weights": weights(net), "history": result.history, "step": result.step, "error": error.to_dict()},
+                   Path(out) / f"out{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -163,6 +172,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     single, history = one_process()
     assert any(not torch.equal(single[k], direct_net(0).state_dict()[k]) for k in single), "training changed nothing"
     assert_close_weights(r0["weights"], single, atol=1e-5)
+    # the evaluation sharded over the ranks and gathered is the one-process evaluation
+    net = direct_net(0)
+    net.load_state_dict(r0["weights"])
+    whole = clean_error(net, tiny_data().tensors, coding="direct", progress=False)
+    assert r0["error"] == r1["error"]
+    assert r0["error"]["num_samples"] == whole.num_samples == 40
+    assert r0["error"]["per_seed"] == pytest.approx(whole.per_seed, abs=1e-12)
     # logged metrics are the global batch's means, as with one process
     for rows, ref in ((r0["history"]["steps"], history["steps"]), (r0["history"]["epochs"], history["epochs"])):
         assert len(rows) == len(ref)
