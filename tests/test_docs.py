@@ -231,6 +231,9 @@ def check_command(words: list[str]) -> None:
         _check_cli(words[1:])
     elif head == "bash":
         assert (ROOT / words[1]).is_file(), f"no script {words[1]}"
+    elif head == "torchrun":  # torchrun [its options] -m snn_robust ARGS: the ARGS as for snn-robust
+        assert "-m" in words and words[words.index("-m") + 1] == "snn_robust", f"torchrun must start -m snn_robust: {words}"
+        _check_cli(words[words.index("-m") + 2:])
     elif head == "pip" and words[1:3] == ["install", "-e"]:
         extras = re.fullmatch(r"\.\[(.*)\]", words[3])
         assert extras, f"expected pip install -e '.[extras]', got {words}"
