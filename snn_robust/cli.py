@@ -583,7 +583,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     device = _join_processes(resolve_device(args.device))
     try:
         results = run_recipe(recipe, profile, out, data_root=root, device=device, seed=args.seed,
-                             verify_data=args.verify_data, progress=not args.quiet)
+                             verify_data=args.verify_data, progress=not args.quiet and os.environ.get("RANK", "0") == "0")
     except RecipeConfigError as exc:
         raise UsageError(str(exc)) from None
     ran = [n for n, s in results["stages"].items() if s["status"] == "ran"]

@@ -189,6 +189,11 @@ class TrainingStep:
         generator: random source of the coding (``None``: torch's global RNG). Its state
             is part of :meth:`state_dict`.
 
+    Inside a ``torch.distributed`` run, the gradients are replaced after ``backward`` by the
+    gradient of the mean over all processes' batches (:func:`snn_robust.distributed.average_gradients`,
+    weighted by each process's batch size), so no DDP wrapper is needed; the metrics stay
+    this process's.
+
     Calling it with ``(net, optimizer, x, labels)`` returns floats: ``loss``, ``clean_loss``,
     ``clean_acc`` (share of the batch whose highest rate is the label; ties go to the
     lowest class index), ``grad_norm`` (before clipping) and ``lr`` (of the first param
@@ -890,6 +895,15 @@ def fit(
             e.g. ``lambda x, y: (x.transpose(0, 1), y)`` for spike data stored ``[B, T, ...]``.
         optimizer: use this optimizer instead of the one ``config`` describes.
         num_workers: DataLoader workers.
+
+    Several processes (``torchrun``, or after ``torch.distributed.init_process_group`` in
+    your program; :mod:`snn_robust.distributed`): call ``fit`` on every process with the
+    same arguments. ``config.batch_size`` is the global batch: each process trains on its
+    share of every batch, the gradients are averaged into the global batch's, all processes
+    start from rank 0's weights and keep identical ones; only rank 0 writes ``run_dir`` and
+    checkpoints and shows progress; metrics are global-batch means. ``resume`` reads rank
+    0's checkpoint (sent to the others) and works with any number of processes. ``evaluate``
+    runs on every process (see :func:`snn_robust.distributed.shard`).
 
     Raises:
         NonFiniteError: a loss, gradient norm or weight became NaN or infinite (the message
