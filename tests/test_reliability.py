@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import _write_idx
+from test_cli import one_error_line
 from test_recipes import write_fixture_root
 
 from snn_robust import cli
@@ -76,14 +77,6 @@ def root(tmp_path_factory) -> Path:
 def model_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     return save_model(tmp_path_factory.mktemp("good") / "fc.pt", paper_model("fc", "mnist"), arch="fc", dataset="mnist")
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("snn-robust: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 # -- 1. a model file or checkpoint never runs code -----------------------------------------------
