@@ -265,10 +265,11 @@ PROFILES: dict[str, Profile] = {
         # Fashion-MNIST-FC needs 5 epochs: 85.8 % (3 epochs: 84.1 %; CE scale 10: 81.0 %).
         natural={"epochs": 3, "optimizer": "adam", "lr": 2e-3, "lr_milestones": (), "lr_schedule": "cosine",
                  "warmup_epochs": 0.1},
-        # Robust: TrainConfig.quick_robust (S-IBP bound, Adam lr 1e-3 one-cycle) for 2 epochs on
+        # Robust: TrainConfig.quick_robust (S-IBP bound, constant Adam lr 1e-3) for 2 epochs on
         # all 60000 images, eps ramped linearly over the first 0.6 epoch (30 %). Measured with
-        # benchmarks/certified_recipe.py (docs/results.md): training at 1.5x or 2x the certified
-        # eps, a bound-logit scale of 5 or a clean-weight (kappa) ramp from 1 all did worse.
+        # benchmarks/certified_recipe.py (docs/results.md section 4): a cosine lr, training at
+        # 1.5x or 2x the certified eps, a bound-logit scale of 5 or a clean-weight (kappa) ramp
+        # from 1 all did worse.
         robust={"epochs": 2, "ramp_epochs": 0.6, "hold_epochs": 1.4},
         robust_base="quick_robust",
         seeds=(0, 1, 2), attack_seeds=(0,), certify_seeds=(0,), certify_samples=100, attack_iters=10, eot_samples=2,
