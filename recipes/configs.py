@@ -11,8 +11,8 @@ Profiles:
   full training set (SGD lr 0.01 -> 0.001 at epoch 55, momentum 0.9, batch 128), 300 robust
   epochs (SGD lr 5e-4, clip 0.25, CROWN-IBP at T' = 3, eps ramped over 250 epochs, held 50),
   300 test samples, 3 seeds, 20 attack iterations. For a GPU.
-* ``quick``: a CPU budget (4-11 minutes per recipe measured on a shared 2-core CPU, up to 28
-  under heavy load; docs/reproduction.md). What is reduced is listed
+* ``quick``: a CPU budget (mnist-fc: 25 minutes measured on the shared 2-core CPU at load
+  average 9-10, natural 10 min, robust 9, evaluation 6; docs/reproduction.md). What is reduced is listed
   in :data:`QUICK_REDUCTIONS` (and written to results.json / results.md).
 * ``smoke``: the whole pipeline on tiny subsets in seconds; for tests and CI only, its numbers
   mean nothing.
@@ -236,8 +236,9 @@ QUICK_REDUCTIONS: tuple[str, ...] = (
     "3 epochs on all 60000 images (Fashion-MNIST: 5 epochs) instead of the paper's SGD for 80 epochs "
     "(CONV: the paper's SGD at lr 0.001 without decay, 3 epochs on 5000 images, since lr 0.01 silenced the CONV "
     "network within 15 steps; N-MNIST: SGD lr 0.01 without decay, the 1000 training recordings of the shared real subset, 20 epochs)",
-    "robust training: TrainConfig.quick_robust, i.e. the IBP bound as the training bound, Adam lr 1e-3, "
-    "eps ramped over 0.5 epoch and held 2.5, 3 epochs on the same subset (CONV: 2 epochs, hold 1.5; N-MNIST: 20 epochs, ramp 4, hold 16), instead of CROWN-IBP with "
+    "robust training: TrainConfig.quick_robust, i.e. the IBP bound as the training bound, constant Adam lr 1e-3, "
+    "eps ramped linearly over 0.6 epoch and held 1.4, 2 epochs on all training images (CONV: 2 epochs on the 5000, ramp 0.5, hold 1.5; "
+    "N-MNIST: 20 epochs, ramp 4, hold 16), instead of CROWN-IBP with "
     "SGD lr 5e-4 over 250 + 50 epochs; same loss weights (0.4 / 0.6), clip 0.25 and T' = 3",
     "evaluation: 300 test samples (CONV: 100; N-MNIST: the 100 test recordings of the shared subset); "
     "clean error over seeds 0, 1, 2; certified error with seed 0 only, on the first 100 of the test "
