@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base": dict(),  # TrainConfig.quick_robust as it is (since this commit: with the cosine lr)
     "cos": dict(lr_schedule="cosine"),
     "cos-crown": dict(lr_schedule="cosine", method="crown-ibp"),
+    "crown": dict(method="crown-ibp"),
     "cos-smooth": dict(lr_schedule="cosine", eps_shape="smooth"),
     "const-lr": dict(lr_schedule="step"),
     "tfac1.5": dict(train_eps_factor=1.5),
