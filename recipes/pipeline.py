@@ -400,7 +400,9 @@ class RecipeRun:
         JSON stages store ``{"stage", "wall_s", "result"}``; model stages store the model file
         plus ``stage.json`` beside it."""
         marker = result_file.parent / "stage.json" if model else result_file
-        if result_file.exists() and marker.exists():
+        # under torchrun rank 0 decides, so that every rank runs the same stages (training and
+        # the sharded evaluations are collective)
+        if distributed.broadcast_object(result_file.exists() and marker.exists()):
             info = _read_json(marker, f"delete it to redo stage {name}")
             if name not in self.stages:  # a stage that ran in this invocation stays "ran"
                 self.stages[name] = {"status": "cached", "wall_s": info.get("wall_s"), "file": str(result_file)}
@@ -527,9 +529,16 @@ class RecipeRun:
         from snn_robust.evaluate import clean_error
 
         c = self.c
-        return self._stage(f"clean-{tag}", c.out / "eval" / f"{tag}-clean.json", lambda: clean_error(
-            net, self.test_set(), coding=c.recipe.coding, seeds=c.profile.seeds, batch_size=c.profile.eval_batch,
-            progress=c.progress).to_dict())
+        return self._stage(f"clean-{tag}", c.out / "eval" / f"{tag}-clean.json", lambda: distributed.combine_errors(clean_error(
+            net, self._test_share(), coding=c.recipe.coding, seeds=c.profile.seeds, batch_size=c.profile.eval_batch,
+            progress=c.progress)).to_dict())
+
+    def _test_share(self, max_samples: int | None = None) -> tuple[Tensor, Tensor]:
+        """This process's share of the first ``max_samples`` test samples (all of them with one
+        process); :func:`snn_robust.distributed.combine_errors` gives the error over all."""
+        x, y = self.test_set()
+        n = len(y) if max_samples is None else min(max_samples, len(y))
+        return distributed.shard((x[:n], y[:n]))
 
     def search(self, attack: str, net: SpikingNetwork) -> dict[str, Any]:
         c = self.c
@@ -574,10 +583,9 @@ class RecipeRun:
             for method in p.certify_methods:
                 out["methods"][method] = {}
                 for steps in p.certify_steps:
-                    r = certified_error(net, self.test_set(), self.perturbation, steps, method,
-                                        seeds=p.certify_seeds, max_samples=p.certify_samples,
-                                        batch_size=p.eval_batch, progress=c.progress)
-                    out["methods"][method][str(steps)] = r.to_dict()
+                    r = certified_error(net, self._test_share(p.certify_samples), self.perturbation, steps, method,
+                                        seeds=p.certify_seeds, batch_size=p.eval_batch, progress=c.progress)
+                    out["methods"][method][str(steps)] = distributed.combine_errors(r).to_dict()
             return out
 
         return self._stage(f"certify-{tag}", c.out / "eval" / f"{tag}-certify.json", compute)

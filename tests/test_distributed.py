@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,9 @@ def test_a_killed_two_process_run_resumes_on_two_or_one_processes(tmp_path, two_
     assert resumed["step"] == TOTAL_STEPS
     for k in uninterrupted["weights"]:  # same processes, same order: the same bits
         assert torch.equal(resumed["weights"][k], uninterrupted["weights"][k]), k
+
+
+def test_python_dash_m_is_the_command_torchrun_starts():
+    done = subprocess.run([sys.executable, "-m", "snn_robust", "recipe", "no-such-recipe"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "invalid choice: 'no-such-recipe'" in done.stderr
