@@ -221,3 +221,20 @@ def test_python_dash_m_is_the_command_torchrun_starts():
     done = subprocess.run([sys.executable, "-m", "snn_robust", "recipe", "no-such-recipe"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "invalid choice: 'no-such-recipe'" in done.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_the_cli_on_two_processes(tmp_path):
+    from test_recipes import write_fixture_root
+
+    root = write_fixture_root(tmp_path / "data", n_train=64, n_test=8, n_nmnist=(1, 1))
+    out = tmp_path / "fc.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "snn_robust", "-q",
+         "--device", "cpu", "train", "--dataset", "mnist", "--arch", "fc", "--epochs", "1", "--batch-size", "16",
+         "--train-samples", "64", "--out", str(out), "--data-root", str(root), "--no-verify-data"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved ") == 1  # rank 0 alone reports
+    ck = load_checkpoint(tmp_path / "fc_run" / "last.pt")
+    assert len(ck["ranks"]) == 2 and ck["step"] == 4 and out.exists()
