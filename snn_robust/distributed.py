@@ -32,7 +32,9 @@ __all__ = [
     "any_rank",
     "backend_for",
     "barrier",
+    "broadcast_module",
     "broadcast_object",
+    "combine_errors",
     "gather",
     "init_from_env",
     "is_initialized",
@@ -41,6 +43,7 @@ __all__ = [
     "mean_metrics",
     "rank",
     "rank_seed",
+    "shard",
     "shard_range",
     "shutdown",
     "world_size",
@@ -101,6 +104,7 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has written a file the others read)."""
     if is_initialized():
         dist.barrier()
 
