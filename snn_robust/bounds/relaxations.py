@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "LINE_ROOM",
     "Stability",
     "stability",
     "FireRelaxation",
@@ -35,6 +36,11 @@ __all__ = [
     "reset_interval",
     "soft_reset_interval",
 ]
+
+LINE_ROOM = 2.0**-8
+"""Smallest room between a membrane bound and the threshold for a fire line, relative to
+``max(1, |th|)`` (see :func:`fire_relaxation`)."""
+
 
 class Stability(NamedTuple):
     """Masks over the neurons: surely firing, surely silent, or unstable. ``th_lo`` and
@@ -92,14 +98,20 @@ def fire_relaxation(
     between each bound and the step (either bound's area criterion reduces to the same
     comparison). ``lower_weight`` / ``upper_weight`` (in ``[0, 1]``, per neuron) pick any
     other member of the two families (optimised slopes, as in alpha-CROWN [35]). A line
-    whose denominator would be zero (the interval ends at ``th``) is never used.
+    whose room (``mu - th`` or ``th - ml``) is below ``LINE_ROOM * max(1, |th|)`` is never
+    used (its slope would make the backward pass's float error exceed the grid tolerance;
+    a zero room would divide by zero); the constant bound replaces it.
     """
     zero = torch.zeros_like(ml)
     one = torch.ones_like(ml)
     a = mu - st.th_hi  # room above the threshold
     b = st.th_lo - ml  # room below the threshold
-    lower_ok = st.unstable & (a > 0)
-    upper_ok = st.unstable & (b > 0)
+    # a line with a tiny room has a huge slope, and the backward pass would then sum huge
+    # terms that cancel: float error far above the 1/T' grid's tolerance. The constants are
+    # always valid, so lines need a room of at least 2^-8 max(1, |th|) (slope <= 256).
+    room = LINE_ROOM * torch.clamp(st.th_hi.abs(), min=1.0)
+    lower_ok = st.unstable & (a >= room)
+    upper_ok = st.unstable & (b >= room)
     if lower_weight is None or upper_weight is None:
         th = (st.th_lo + st.th_hi) / 2
         lower_line = lower_ok & (mu - th >= th - ml)
