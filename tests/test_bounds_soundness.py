@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 from helpers import assert_sound, neuron, scale_weights
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -100,6 +100,9 @@ def test_direct_linf_bounds_hold(c):
 
 
 @settings(max_examples=30, deadline=None)
+# a widened interval just past the threshold: fire lines with slopes ~1e6 once left a float
+# residue that the 1/T' rounding turned into an unsound rate bound
+@example(reset="zero", firing=">=", decay_reset=False, steps=2, seed=1006)
 @given(
     reset=resets,
     firing=firings,
