@@ -767,7 +767,9 @@ def test_snntorch_population_coding_net_takes_its_class_count_from_the_readout()
 
     torch.testing.assert_close(net(lower), scores(lower))
     assert_sound(scores, net, lower, upper, labels, samples=8, gen=gen, methods=("ibp", "crown-ibp"))
-    loss = sr.certified_loss(net, images, labels, sr.DigitalLinf(0.02), steps=3, generator=gen)
+    # crown-ibp: S-IBP's gradient reaches the first layer only through neurons whose
+    # membrane lies in the surrogate window, which this random boosted net may not have
+    loss = sr.certified_loss(net, images, labels, sr.DigitalLinf(0.02), steps=3, method="crown-ibp", generator=gen)
     assert_every_parameter_gets_gradient(model, loss)
     with pytest.raises(ValueError, match=r"num_classes=7 does not divide the 500 output neurons"):
         sr.from_snntorch(model, num_classes=7)
