@@ -199,6 +199,15 @@ def compute_bounds(
     lb = found[0]
     for other in found[1:]:
         lb = torch.maximum(lb, other)
+    if len(found) > 1 and lb.requires_grad:
+        # the value is the maximum; its gradient comes from the last (most expressive) method
+        # within the grid tolerance of it, so ties with S-IBP (whose gradient vanishes where
+        # the surrogate windows are empty) still train through the linear bound
+        tol = grid_tolerance(lb.dtype)
+        source = found[0]
+        for other in found[1:]:
+            source = torch.where(other >= lb - tol, other, source)
+        lb = source + (lb - source).detach()
     if readout is None:
         lb = round_to_grid(lb, lower.shape[0])
     else:
