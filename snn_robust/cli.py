@@ -30,6 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+# only names: the parser's choices come from this light module, so --help imports no torch
+from .names import DATASETS, METHODS
+
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main", "resolve_device", "seed_everything"]
 
 PROG = "snn-robust"
@@ -49,33 +52,6 @@ class _Parser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------------------------------
 # Helpers shared by commands
-
-
-class _LazyChoices:
-    """argparse ``choices`` read from ``snn_robust.<module>.<name>`` on first use (a value to
-    check or a help text to show), so that building the parser, and ``--help``, import no
-    torch. Arguments using it need an explicit ``metavar`` (argparse would list the choices)."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def _values(self) -> tuple[str, ...]:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(f".{self.module}", __package__), self.name))
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._values()
-
-    def __iter__(self) -> Any:
-        return iter(self._values())
-
-    def __len__(self) -> int:
-        return len(self._values())
-
-
-#: The bound methods, as :data:`snn_robust.bounds.METHODS` lists them.
-_METHODS = _LazyChoices("bounds", "METHODS")
 
 
 def resolve_device(name: str) -> Any:
@@ -143,8 +119,7 @@ def _add_data(subparsers: Any) -> None:
             "size and SHA-256 for the recordings of the shipped subset, the event format for others."
         ),
     )
-    f.add_argument("dataset", choices=_LazyChoices("data", "DATASETS"), metavar="DATASET",
-                   help="dataset to fetch: %(choices)s")
+    f.add_argument("dataset", choices=DATASETS, metavar="DATASET", help="dataset to fetch: %(choices)s")
     f.add_argument(
         "--data-root",
         metavar="DIR",
@@ -351,7 +326,7 @@ def _add_train(subparsers: Any) -> None:
             "  snn-robust train --dataset mnist --arch fc --epochs 2 --train-samples 10000 \\\n"
             "      --optimizer adam --lr 1e-3 --out runs/fc-quick.pt      # a few minutes on a CPU\n"
             "  snn-robust --device cuda train --dataset nmnist --arch conv --out runs/nmnist-conv.pt"))
-    p.add_argument("--dataset", required=True, choices=("mnist", "fmnist", "nmnist"), help=_DATASET_HELP)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help=_DATASET_HELP)
     p.add_argument("--arch", required=True, choices=("fc", "conv"),
                    help="fc: X-FC512-FC256-FC10; conv: X-C64K3S2-C128K3S2-FC256-FC10 (Table 1)")
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write, e.g. runs/fc.pt")
@@ -388,7 +363,7 @@ def _add_robust_train(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write")
     p.add_argument("--settings", choices=("paper", "quick"), default="paper", help="training settings (default: paper)")
     p.add_argument("--tprime", type=_positive_int, default=3, metavar="T'", help="time steps of the bounds (default: 3)")
-    p.add_argument("--method", choices=_METHODS, default=None, metavar="METHOD",
+    p.add_argument("--method", choices=METHODS, default=None, metavar="METHOD",
                    help="training bound: %(choices)s (default: crown-ibp for paper, ibp for quick)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: ramp + hold)")
     p.add_argument("--ramp-epochs", type=_nonnegative_float, default=None, help="epochs over which eps ramps up from 0")
@@ -539,7 +514,7 @@ def _add_certify(subparsers: Any) -> None:
             "  snn-robust certify --model runs/nmnist-fc.pt --eps 0.005 --samples 100 --json runs/cert.json"))
     p.add_argument("--model", required=True, metavar="FILE", help="model file from 'train' or 'robust-train'")
     p.add_argument("--eps", required=True, type=_eps_type, nargs="+", help="perturbation budgets in [0, 1]")
-    p.add_argument("--method", nargs="+", choices=_METHODS, default=["best"], metavar="METHOD",
+    p.add_argument("--method", nargs="+", choices=METHODS, default=["best"], metavar="METHOD",
                    help="bound methods: %(choices)s (default: best = the tightest of all)")
     p.add_argument("--tprime", type=_positive_int, nargs="+", default=[10], metavar="T'",
                    help="time steps of the bounds (default: 10)")

@@ -58,6 +58,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .fileio import atomic_write_bytes
+from .names import DATASETS
 
 __all__ = [
     "CHECKSUMS",
@@ -84,9 +85,6 @@ log = logging.getLogger(__name__)
 
 #: Environment variable that sets the default data root (else ``./data``).
 DATA_ROOT_ENV = "SNN_ROBUST_DATA"
-
-#: Names accepted by :func:`fetch` and ``snn-robust data fetch``.
-DATASETS = ("mnist", "fmnist", "nmnist")
 
 IDX_FILES = (
     "train-images-idx3-ubyte",

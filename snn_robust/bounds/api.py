@@ -4,11 +4,10 @@ Shape glossary: ``T'`` bound steps, ``B`` batch, ``C`` classes, ``S`` specificat
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
+from ..names import METHODS, Method
 from ..network import SpikingNetwork
 from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
@@ -16,20 +15,6 @@ from .ibp import IBPResult, s_ibp
 from .rounding import grid_tolerance, round_to_grid
 
 __all__ = ["compute_bounds", "margin_spec", "METHODS"]
-
-METHODS = ("ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "best")
-"""``ibp``: S-IBP (Eq. 7, 9, 11). ``crown-ibp`` (the default): S-CROWN (Eq. 8, 10,
-Algorithm 2) with S-IBP intermediate bounds, concretised also at every hidden spike layer
-and at the output (where it is S-IBP's bound), the per-row maximum: never looser than
-S-IBP, by construction (see :func:`compute_bounds`). ``crown-ibp-paper``: the paper's
-S-CROWN exactly (its relaxation, concretised at the input only), for reproduction; it can
-be looser than S-IBP. ``crown-ibp-adaptive``: the paper's with the reset planes chosen per
-neuron among the four faces of the reset's convex hull. ``crown-ibp-optimized``: fire
-lines and reset planes optimised per neuron within their valid families (alpha-CROWN
-style, 20 projected Adam steps; for certification rather than training). ``best``: the
-elementwise maximum of all of them (each is sound, so their max is)."""
-
-Method = Literal["ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "best"]
 
 
 def margin_spec(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
