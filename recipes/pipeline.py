@@ -13,6 +13,8 @@ clean-<model>     eval/<model>-clean.json          clean error over seeds
 search-<attack>   eval/search-<attack>.json        eps giving the natural model 20/30/40/50 %
 attack-<m>-<a>    eval/<model>-attack-<a>.json     attack error at the paper's + searched eps
 certify-<model>   eval/<model>-certify.json        certified error per bound method and T'
+ball-<model>      eval/<model>-ball.json           the stronger certificates (docs/certificates.md):
+                                                   over the coding maps (images), the l_0 ball (N-MNIST)
 report            results.json, results.md, *.png  always rewritten from the files above
 ================  ===============================  ==========================================
 
@@ -443,7 +445,7 @@ class RecipeRun:
         attacks = list(attack_names(c.recipe.dataset))
         names = ["natural", "robust", *(f"search-{a}" for a in attacks)]
         for tag in ("natural", "robust"):
-            names += [f"clean-{tag}", *(f"attack-{tag}-{a}" for a in attacks), f"certify-{tag}"]
+            names += [f"clean-{tag}", *(f"attack-{tag}-{a}" for a in attacks), f"certify-{tag}", f"ball-{tag}"]
         return names
 
     def _stage_title(self, name: str) -> str:
@@ -474,6 +476,14 @@ class RecipeRun:
         if name.startswith("certify-"):
             return (f"certified error of the {tag} model at eps {c.recipe.train_eps} "
                     f"({', '.join(p.certify_methods)}; T' = {', '.join(map(str, p.certify_steps))})")
+        if name.startswith("ball-"):
+            n = self._ball_samples()
+            if c.recipe.coding == "spike":
+                ks = ", ".join(map(str, p.event_flips))
+                return (f"l_0 certificate of the {tag} model: every recording within k = {ks} flipped events "
+                        f"({p.ball_method}, T' = {min(p.certify_steps)}, {n} samples)")
+            return (f"certificate of the {tag} model over {p.coding_maps} coding maps at eps {c.recipe.train_eps} "
+                    f"(confidence {p.coding_confidence}, {p.ball_method}, T' = {min(p.certify_steps)}, {n} samples)")
         return "S-CROWN bound loss on the test samples"
 
     def _fit(self, folder: Path, net: SpikingNetwork, config: TrainConfig, perturbation: Perturbation) -> None:
@@ -590,6 +600,45 @@ class RecipeRun:
 
         return self._stage(f"certify-{tag}", c.out / "eval" / f"{tag}-certify.json", compute)
 
+    def _ball_samples(self) -> int:
+        p = self.c.profile
+        n = p.ball_samples if p.ball_samples is not None else p.certify_samples
+        total = len(self.test_set()[1])
+        return total if n is None else min(n, total)
+
+    def ball_certificate(self, tag: str, net: SpikingNetwork) -> dict[str, Any]:
+        """The certificates stronger than the sampled one (docs/certificates.md), at T' = the
+        smallest ``certify_steps``, on the first ``ball_samples`` test samples.
+
+        Images: :func:`~snn_robust.certificates.coding_certificate_summary`, the
+        Clopper-Pearson lower bound on the probability over coding maps that the whole
+        ``DigitalLinf(train_eps)`` ball is certified (``coding_maps`` maps per sample, seed
+        0), computed alike on every process (its per-sample lists are not sharded).
+        N-MNIST: :func:`~snn_robust.certificates.event_certified_error` over every recording
+        within ``k`` flipped events of the whole recording, per ``k`` in ``event_flips``,
+        sharded and combined like the certified error."""
+        from snn_robust.certificates import coding_certificate_summary, event_certified_error
+
+        c = self.c
+        p = c.profile
+        steps = min(p.certify_steps)
+
+        def compute() -> dict[str, Any]:
+            n = self._ball_samples()
+            out: dict[str, Any] = {"method": p.ball_method, "steps": steps, "samples": n}
+            if c.recipe.coding == "spike":
+                out["event_l0"] = {str(k): distributed.combine_errors(event_certified_error(
+                    net, self._test_share(n), k, steps=steps, method=p.ball_method,  # type: ignore[arg-type]
+                    batch_size=p.eval_batch)).to_dict() for k in p.event_flips}
+            else:
+                x, y = self.test_set()
+                out["over_codings"] = coding_certificate_summary(
+                    net, (x[:n], y[:n]), DigitalLinf(c.recipe.train_eps), p.coding_maps, p.coding_confidence,
+                    steps=steps, method=p.ball_method, seed=0, batch_size=p.eval_batch)  # type: ignore[arg-type]
+            return out
+
+        return self._stage(f"ball-{tag}", c.out / "eval" / f"{tag}-ball.json", compute)
+
     def bound_loss(self, tag: str, net: SpikingNetwork, steps: int) -> dict[str, Any]:
         """Mean S-CROWN (CROWN-IBP) loss ``CE(-[0, lb])`` on the test samples at the training
         eps, and the share verified by it, over the profile's seeds."""
@@ -623,7 +672,7 @@ class RecipeRun:
         path = self.c.out / "config.json"
         if path.exists():
             saved = _read_json(path, "delete it (the stages' files are kept) or use another --out folder").get("config")
-            if _comparable(saved) != _comparable(json.loads(json.dumps(cfg))):
+            if _comparable(saved) != _comparable(json.loads(json.dumps(cfg)), like=saved):
                 raise RecipeConfigError(
                     f"{self.c.out} holds a run with a different configuration (recipe, profile or seed); "
                     "use another --out folder or delete that one")
@@ -674,6 +723,7 @@ class RecipeRun:
                 "clean_error": self.clean(tag, net),
                 "attack": {a: {**self.attack(tag, net, a, search[a]["eps"]), "role": role} for a, role in names.items()},
                 "certified": self.certify(tag, net),
+                "ball_certificate": self.ball_certificate(tag, net),
             }
         return models, search
 
@@ -701,13 +751,24 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _comparable(cfg: Any) -> Any:
-    """A config without its documentation-only fields (the profile's ``reductions`` text)."""
+#: Profile fields added after run folders existed: a saved config without them was made
+#: before they did (its finished stages hold; the new stages use the current values).
+_LATER_PROFILE_FIELDS = ("coding_maps", "coding_confidence", "event_flips", "ball_method", "ball_samples")
+
+
+def _comparable(cfg: Any, like: Any = None) -> Any:
+    """A config without its documentation-only fields (the profile's ``reductions`` text),
+    and without the :data:`_LATER_PROFILE_FIELDS` that the saved config ``like`` lacks."""
     if not isinstance(cfg, dict):
         return cfg
     out = json.loads(json.dumps(cfg))
     if isinstance(out.get("profile"), dict):
         out["profile"].pop("reductions", None)
+        saved = like.get("profile") if isinstance(like, dict) else None
+        if isinstance(saved, dict):
+            for key in _LATER_PROFILE_FIELDS:
+                if key not in saved:
+                    out["profile"].pop(key, None)
     return out
 
 

@@ -149,8 +149,51 @@ def _table_md(results: dict[str, Any]) -> list[str]:
     for method in cert_n:
         lines.append(f"| {method} | " + " | ".join(f"{_pm(cert_n[method][t])} | {_pm(cert_r[method][t])}"
                                                    for t in steps) + " |")
-    lines += ["", "## Plots", "", "![training curves](training_curves.png)", "", "![attack error vs eps](attack_vs_eps.png)", ""]
+    lines += ["", *_ball_md(models, recipe), "## Plots", "", "![training curves](training_curves.png)", "", "![attack error vs eps](attack_vs_eps.png)", ""]
     return lines
+
+
+def _ball_md(models: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+    """The stronger certificates (docs/certificates.md) beside the sampled certified error
+    of the same method and T'."""
+    nat, rob = models["natural"]["ball_certificate"], models["robust"]["ball_certificate"]
+    method, steps, n = nat["method"], nat["steps"], nat["samples"]
+
+    def sampled(tag: str) -> str:
+        r = models[tag]["certified"]["methods"].get(method, {}).get(str(steps))
+        return "–" if r is None else _pm(r)
+
+    if "event_l0" in nat:
+        ks = list(nat["event_l0"])
+        lines = [
+            f"## Certified error over the whole l_0 ball ({method}, T' = {steps}, first {n} test samples)",
+            "",
+            "Share of samples NOT certified for **every** recording within k added or removed events of the "
+            "whole recording (`snn_robust.event_certified_error`): nothing sampled, unlike the sampled picks "
+            f"of `SpikeL0({recipe['train_eps']})` above.",
+            "",
+            "| model | sampled picks | " + " | ".join(f"k = {k}" for k in ks) + " |",
+            "| --- | ---: | " + " | ".join("---:" for _ in ks) + " |",
+        ]
+        for tag, r in (("natural", nat), ("robust", rob)):
+            lines.append(f"| {tag} | {sampled(tag)} | " + " | ".join(_pct(r["event_l0"][k]["error"]) for k in ks) + " |")
+        return lines + [""]
+    lines = [
+        f"## Certificate over the coding randomness at eps {recipe['train_eps']} ({method}, T' = {steps}, "
+        f"first {n} test samples)",
+        "",
+        f"Each sample certified under {nat['over_codings']['n_maps']} independent coding maps "
+        "(`snn_robust.certify_over_codings`); `p_L`: its one-sided Clopper-Pearson lower bound, at confidence "
+        f"{nat['over_codings']['confidence']}, on the probability over the maps that the whole ball is certified.",
+        "",
+        "| model | sampled certified error (one map) | maps certified | mean `p_L` | samples with `p_L > 1/2` |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for tag, r in (("natural", nat), ("robust", rob)):
+        oc = r["over_codings"]
+        lines.append(f"| {tag} | {sampled(tag)} | {_pct(oc['certified_share'])} | {_pct(oc['mean_lower'])} | "
+                     f"{_pct(oc['share_above_half'])} |")
+    return lines + [""]
 
 
 def _tprime_md(results: dict[str, Any]) -> list[str]:

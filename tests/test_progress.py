@@ -83,15 +83,15 @@ def test_recipe_log_names_each_stage_once_with_its_index(tmp_path, caplog: pytes
     caplog.set_level(logging.INFO, logger="snn_robust.recipes.pipeline")
     run = RecipeRun(get_recipe("mnist-fc"), get_profile("smoke"), tmp_path)
     plan = run.plan()
-    assert plan[:2] == ["natural", "robust"] and len(plan) == len(set(plan)) == 12
+    assert plan[:2] == ["natural", "robust"] and len(plan) == len(set(plan)) == 14
     out = tmp_path / "eval" / "natural-clean.json"
     out.parent.mkdir()
     assert run._stage("clean-natural", out, lambda: {"error": 0.1}) == {"error": 0.1}
     assert run._stage("clean-natural", out, lambda: {"error": 0.2}) == {"error": 0.1}  # read back, not redone
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0].startswith("stage 5/12 clean-natural: clean error of the natural model")
-    assert lines[1].startswith("stage 5/12 clean-natural: done in ")
+    assert lines[0].startswith("stage 5/14 clean-natural: clean error of the natural model")
+    assert lines[1].startswith("stage 5/14 clean-natural: done in ")
     assert len(lines) == 2  # meeting the stage again in the same run says nothing
     caplog.clear()
     RecipeRun(get_recipe("mnist-fc"), get_profile("smoke"), tmp_path)._stage("clean-natural", out, lambda: None)
-    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["stage 5/12 clean-natural: done in an earlier run"]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["stage 5/14 clean-natural: done in an earlier run"]

@@ -134,6 +134,7 @@ def check_results_schema(results: dict) -> None:
             for t in steps:  # best is the tightest, so never less verified
                 best = cert["methods"]["best"][t]["error"]
                 assert best <= min(cert["methods"]["ibp"][t]["error"], cert["methods"]["crown-ibp"][t]["error"]) + 1e-9
+            check_ball_certificate(m["ball_certificate"], recipe, cfg["profile"], n)
     else:
         assert set(models) == {"natural"} | {f"robust-t{t}" for t in recipe.tprimes}
         for tag, m in models.items():
@@ -142,6 +143,34 @@ def check_results_schema(results: dict) -> None:
             if tag != "natural":
                 assert m["time_per_epoch_s"] > 0
     json.dumps(results)  # JSON-serialisable
+
+
+def check_ball_certificate(ball: dict, recipe, profile: dict, n_test: int) -> None:
+    """The stronger certificates of a table recipe: sized by the profile, in range, and
+    consistent (a Clopper-Pearson lower bound never exceeds the share of maps certified)."""
+    n = min(n_test, profile["ball_samples"] or profile["certify_samples"] or n_test)
+    assert ball["samples"] == n and ball["method"] == profile["ball_method"]
+    assert ball["steps"] == min(profile["certify_steps"])
+    if recipe.coding == "spike":
+        assert "over_codings" not in ball
+        assert list(ball["event_l0"]) == [str(k) for k in profile["event_flips"]]
+        for k, r in ball["event_l0"].items():
+            _check_error(r, n)
+            assert r["details"]["k"] == int(k) and r["details"]["per_step"] is False
+        return
+    assert "event_l0" not in ball
+    oc = ball["over_codings"]
+    maps = profile["coding_maps"]
+    assert (oc["n_maps"], oc["confidence"], oc["num_samples"]) == (maps, profile["coding_confidence"], n)
+    assert oc["eps"] == recipe.train_eps and oc["steps"] == ball["steps"]
+    assert len(oc["certified"]) == len(oc["lower"]) == n
+    assert all(0 <= k <= maps for k in oc["certified"])
+    for k, low in zip(oc["certified"], oc["lower"]):
+        assert 0.0 <= low <= k / maps + 1e-12 and (low > 0) == (k > 0)
+    assert math.isclose(oc["certified_share"], sum(oc["certified"]) / (maps * n))
+    assert math.isclose(oc["mean_lower"], sum(oc["lower"]) / n)
+    assert oc["mean_lower"] <= oc["certified_share"] + 1e-12
+    assert math.isclose(oc["share_above_half"], sum(low > 0.5 for low in oc["lower"]) / n)
 
 
 # -- end to end --------------------------------------------------------------------------------------
@@ -159,6 +188,13 @@ def test_every_recipe_runs_end_to_end_in_smoke_profile(smoke_runs, name):
     kind = RECIPES[name].kind
     if kind == "table":
         assert "Table 1" in md and "Table 2" in md and "Certified" in md and "paper:" in md
+        ball = on_disk["models"]["robust"]["ball_certificate"]
+        if RECIPES[name].coding == "spike":
+            assert "whole l_0 ball" in md and f"| robust | " in md
+            assert f"{100 * ball['event_l0']['1']['error']:.1f}%" in md
+        else:
+            assert "over the coding randomness" in md and "`p_L > 1/2`" in md
+            assert f"{100 * ball['over_codings']['mean_lower']:.1f}%" in md
     else:
         assert "Figure 4" in md
     for png in PLOTS[kind]:
@@ -182,7 +218,7 @@ def test_rerun_skips_finished_stages_and_recomputes_a_deleted_one(smoke_runs, fi
     assert deleted.exists()
     assert {p: p.stat().st_mtime_ns for p in keep} == before
     status = {k: v["status"] for k, v in results["stages"].items()}
-    assert status.pop("certify-robust") == "ran"
+    assert status.pop("certify-robust") == "ran" and "ball-robust" in status
     assert set(status.values()) == {"cached"}
     check_results_schema(results)
 
@@ -215,6 +251,52 @@ def test_other_configuration_in_the_same_folder_is_refused(tmp_path, fixture_roo
     with pytest.raises(RecipeConfigError, match="different configuration"):
         run_recipe(get_recipe("mnist-fc"), get_profile("smoke"), out, data_root=fixture_root, verify_data=False,
                    progress=False)
+
+
+def check_ball_certificate_at_eps_zero(run_folder: Path, name: str, data_root: Path, out: Path) -> dict:
+    """The smoke robust model's ball certificate at eps 0 (``k`` = 0 and 1 flips): there
+    the bounds are exact, so samples are certified and the consistency checks bite."""
+    import dataclasses
+
+    from snn_robust.recipes.pipeline import RecipeRun
+
+    recipe = dataclasses.replace(get_recipe(name), train_eps=0.0)
+    profile = dataclasses.replace(get_profile("smoke"), event_flips=(0, 1), coding_maps=6, ball_samples=12)
+    run = RecipeRun(recipe, profile, out, data_root=data_root, verify_data=False, progress=False)
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    net, _ = load_model(run_folder / "robust" / "model.pt")
+    ball = run.ball_certificate("robust", net)
+    check_ball_certificate(ball, recipe, run.c.profile.to_dict(), len(run.test_set()[1]))
+    if recipe.coding == "spike":
+        # certified for every recording within one flip implies certified at the recording
+        assert ball["event_l0"]["0"]["error"] <= ball["event_l0"]["1"]["error"]
+        assert ball["event_l0"]["0"]["error"] < 1.0
+    else:
+        assert ball["over_codings"]["certified_share"] > 0 and ball["over_codings"]["mean_lower"] > 0
+    return ball
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnist-fc", "nmnist-fc"])
+def test_ball_certificates_at_eps_zero_are_consistent(smoke_runs, fixture_root, tmp_path, name):
+    check_ball_certificate_at_eps_zero(smoke_runs[name][0], name, fixture_root, tmp_path)
+
+
+def test_config_from_before_the_ball_certificates_is_accepted_and_updated(tmp_path):
+    from snn_robust.recipes.pipeline import _LATER_PROFILE_FIELDS, RecipeRun
+
+    run = RecipeRun(get_recipe("mnist-fc"), get_profile("smoke"), tmp_path)
+    old = json.loads(json.dumps(run.config()))
+    for key in _LATER_PROFILE_FIELDS:
+        old["profile"].pop(key)
+    (tmp_path / "config.json").write_text(json.dumps({"config": old}))
+    run._check_config()  # a folder made before the fields existed continues
+    saved = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert saved["profile"]["coding_maps"] == get_profile("smoke").coding_maps
+    saved["profile"]["coding_maps"] += 1  # once recorded, a different value is a different run
+    (tmp_path / "config.json").write_text(json.dumps({"config": saved}))
+    with pytest.raises(RecipeConfigError, match="different configuration"):
+        run._check_config()
 
 
 # -- pieces --------------------------------------------------------------------------------------
