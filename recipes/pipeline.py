@@ -417,8 +417,6 @@ class RecipeRun:
         log.info("%s: %s", self._stage_title(name), self._stage_doc(name))
         result = compute()
         wall = time.perf_counter() - t0
-        log.info("%s: done in %s (%s since the start of this run)", self._stage_title(name), format_duration(wall),
-                 format_duration(time.perf_counter() - self._t_run))
         if model:
             if distributed.is_main():
                 rows = _read_jsonl(result_file.parent / "metrics.jsonl")
@@ -432,6 +430,8 @@ class RecipeRun:
         self.stages[name] = {"status": "ran", "wall_s": wall, "file": str(result_file)}
         if model:
             self.stages[name]["training_s"] = json.loads(marker.read_text()).get("training_s")
+        log.info("%s: done in %s (%s since the start of this run)%s", self._stage_title(name), format_duration(wall),
+                 format_duration(time.perf_counter() - self._t_run), self._time_left(name))
         return result
 
     def plan(self) -> list[str]:
@@ -452,16 +452,71 @@ class RecipeRun:
         plan = self.plan()
         return f"stage {plan.index(name) + 1}/{len(plan)} {name}" if name in plan else f"stage {name}"
 
+    def _train_config(self, name: str) -> TrainConfig:
+        """The configuration of training stage ``name``: ``natural``, ``robust`` or ``robust-t<T'>``."""
+        if name == "natural":
+            return self.natural_config()
+        return self.robust_config(int(name[len("robust-t"):]) if name.startswith("robust-t") else None)
+
+    def _train_steps(self, name: str) -> int:
+        cfg = self._train_config(name)
+        return cfg.epochs * math.ceil(len(self.train_set()) / cfg.batch_size)
+
+    def _stage_work(self, name: str) -> tuple[str, float]:
+        """The kind of stage ``name`` and the work it does in that kind's units, for
+        :meth:`_time_left`: a training stage's optimiser steps (kinds ``natural`` and
+        ``robust``, every T' alike); an evaluation stage is one unit of its kind (``clean``,
+        ``attack-<a>``, ``certify``, ...) because it repeats the same work on another model."""
+        if name == "natural" or name == "robust" or name.startswith("robust-t"):
+            return ("natural" if name == "natural" else "robust"), float(self._train_steps(name))
+        if name.startswith("attack-"):  # attack-<model>-<attack>; attack names hold dashes
+            return f"attack-{name.split('-', 2)[2]}", 1.0
+        if name.startswith("bound-loss-"):
+            return "bound-loss", 1.0
+        if name.startswith("search-"):
+            return name, 1.0  # one per attack: never timed before it runs
+        return name.split("-")[0], 1.0
+
+    def _time_left(self, done: str) -> str:
+        """``"; about 3 min 10 s left for stages 5-14"``: the stages of the plan after
+        ``done`` that have not run yet, each estimated as its work (:meth:`_stage_work`)
+        times the seconds per unit measured on the stages of its kind that ran in this
+        invocation (a training stage's time is fit's clock, across resumptions). Stages of a
+        kind not timed yet are counted apart; nothing when no stage is left."""
+        plan = self.plan()
+        left = [n for n in plan[plan.index(done) + 1:] if n not in self.stages] if done in plan else []
+        if not left:
+            return ""
+        spent: dict[str, list[float]] = {}  # kind -> [seconds, units]
+        for name, info in self.stages.items():
+            if info["status"] == "ran" and name in plan:
+                kind, units = self._stage_work(name)
+                seconds = info.get("training_s") or info["wall_s"]
+                acc = spent.setdefault(kind, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + seconds, acc[1] + units
+        total, untimed = 0.0, []
+        for name in left:
+            kind, units = self._stage_work(name)
+            if kind in spent:
+                total += units * spent[kind][0] / spent[kind][1]
+            else:
+                untimed.append(name)
+        first, last = plan.index(left[0]) + 1, plan.index(left[-1]) + 1
+        which = f"stage {first}" if first == last else f"stages {first}-{last}"
+        if len(untimed) == len(left):
+            return f"; time left for {which} unknown until a stage of their kinds has run"
+        shown = ", ".join(untimed[:3]) + (", ..." if len(untimed) > 3 else "")
+        plus = f", plus {_count(len(untimed), 'stage')} not timed yet ({shown})" if untimed else ""
+        return f"; about {format_duration(total)} left for {which}{plus}"
+
     def _stage_doc(self, name: str) -> str:
         """What a stage does, in words, for the log."""
         c, p = self.c, self.c.profile
         tag = name.split("-")[1] if "-" in name else name
         if name == "natural" or name.startswith("robust"):
             # the step count, so that the progress lines' time left reads against the whole stage
-            n = len(self.train_set())
-            cfg = (self.natural_config() if name == "natural"
-                   else self.robust_config(int(name[len("robust-t"):]) if name.startswith("robust-t") else None))
-            size = f"{_count(cfg.epochs, 'epoch')} on {n} samples, {cfg.epochs * math.ceil(n / cfg.batch_size)} steps"
+            cfg = self._train_config(name)
+            size = f"{_count(cfg.epochs, 'epoch')} on {len(self.train_set())} samples, {self._train_steps(name)} steps"
             if name == "natural":
                 return f"natural training (BPTT, {size})"
             return (f"robust training (certified loss, {cfg.method} bound at T' = {cfg.bound_steps}, "
