@@ -307,10 +307,11 @@ class Collected:
         input_shape: Sequence[int] | None = None,
     ):
         """Check that the model ends in a spiking layer (or a readout linear in its rates:
-        a voting layer, or one ``nn.Linear`` whose per-step outputs are averaged over time)
-        and build the network (which checks the neuron parameters and weights, naming each
-        layer by its path)."""
-        from snn_robust.bounds.adapter_ops import RateReadout
+        a voting layer, or one ``nn.Linear`` or ``nn.Conv2d`` after the last spiking layer,
+        with average pools and flattens around it, whose per-step
+        outputs are averaged over time) and build the network (which checks the neuron
+        parameters and weights, naming each layer by its path)."""
+        from snn_robust.bounds.adapter_ops import READOUT_LAYERS, RateReadout
         from snn_robust.network import SpikingNetwork
 
         if not any(is_neuron(layer) for layer in self.layers):
@@ -318,13 +319,31 @@ class Collected:
         layers, names = list(self.layers), list(self.names)
         readout = self.readout[0] if self.readout is not None else None
         if not is_neuron(layers[-1]):
-            if readout is None and len(layers) >= 2 and type(layers[-1]) is nn.Linear and is_neuron(layers[-2]):
-                readout = RateReadout("linear", layers[-1])  # mean_t(W s_t + b) = W rate + b
-                layers, names = layers[:-1], names[:-1]
+            last = max(i for i, layer in enumerate(layers) if is_neuron(layer))
+            tail = layers[last + 1 :]
+            weighted = [i for i in range(last + 1, len(layers)) if isinstance(layers[i], (nn.Linear, nn.Conv2d))]
+            bad = next((i for i in range(last + 1, len(layers)) if not isinstance(layers[i], READOUT_LAYERS)), None)
+            if readout is None and bad is None and len(weighted) == 1:
+                # affine per step: mean_t f(s_t) = f(mean_t s_t) = W rate + b
+                readout = RateReadout("linear", tail, names=names[last + 1 :])
+                layers, names = layers[: last + 1], names[: last + 1]
             else:
+                if bad is not None:
+                    why = (
+                        f"; {self.names[bad]} ({qualname(self.sources[bad])}) after it is not affine per step, so the "
+                        "time average of its output is not a function of the rates"
+                    )
+                elif len(weighted) > 1:  # most likely a spiking layer left out between them
+                    why = (
+                        f"; {self.names[weighted[0]]} and {self.names[weighted[1]]} are two weighted layers with no "
+                        "spiking layer between them (a readout has one)"
+                    )
+                else:
+                    why = ""
                 raise ValueError(
                     f"{self.names[-1]} ({qualname(self.sources[-1])}) is the last layer, so the model does not output "
                     "spikes: the bounds are on output spike rates and need a spiking output layer, or one readout "
-                    f"linear in the rates after it (a single nn.Linear averaged over time, a VotingLayer); {end_hint}"
+                    "linear in the rates after it (a VotingLayer, or one nn.Linear or nn.Conv2d with average pools "
+                    f"and flattens, averaged over time){why}; {end_hint}"
                 )
         return SpikingNetwork(layers, input_coding=input_coding, names=names, input_shape=input_shape, readout=readout)

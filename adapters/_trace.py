@@ -302,13 +302,16 @@ def _verify(net, out: Collected, roots: list[Call], x: Tensor, is_neuron: Callab
 
 
 def _verify_readout(net, source: nn.Module, path: str, roots: list[Call], x: Tensor) -> None:
-    """The readout's outputs in the model, averaged over the steps, equal the converted
-    network's class scores (up to summation order)."""
+    """The readout's outputs in the model, averaged over the steps (and flattened per
+    sample: a Conv2d head's ``[C, 1, 1]``), equal the converted network's class scores
+    (up to summation order)."""
     seen = [c.out for root in roots for c in root.walk() if c.module is source and c.out is not None]
-    theirs = seen[0] if len(seen) == 1 and seen[0].dim() == 3 else torch.stack(seen) if seen else None
     with torch.no_grad():
         ours = net(x)
-    if theirs is None or theirs.shape[1:] != ours.shape or not torch.allclose(theirs.mean(0), ours, rtol=1e-4, atol=1e-5):
+    multi = len(seen) == 1 and seen[0].shape[:2] == (x.shape[0], ours.shape[0])  # one call on [T, B, ...]
+    theirs = seen[0] if multi else torch.stack(seen) if seen else None
+    theirs = None if theirs is None else theirs.mean(0).flatten(1)
+    if theirs is None or theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-4, atol=1e-5):
         raise ValueError(
             f"{path} ({qualname(source)}): read as a readout of the output rates (its per-step outputs averaged "
             f"over the steps), but on example_input its outputs do not average to the converted network's class "

@@ -75,7 +75,8 @@ class SpikingNetwork(nn.Module):
             a Flatten + Linear network cannot tell from its layers alone.
         readout: optional class scores linear in the output rates
             (:class:`~snn_robust.bounds.adapter_ops.RateReadout`: a time-averaged
-            ``nn.Linear``, a voting layer); the bounds are then on these scores.
+            ``nn.Linear`` or chain of affine layers such as a ``Conv2d`` head, a voting
+            layer); the bounds are then on these scores.
 
     Calling the network on ``x`` of shape ``[T, B, *input_shape]`` simulates it from zero
     state and returns the output rates ``[B, C]`` (mean output spikes over ``T``), or the
@@ -150,11 +151,10 @@ class SpikingNetwork(nn.Module):
 
     @property
     def num_classes(self) -> int | None:
-        """Output size when the last spatial layer (and the readout) fix it, else ``None``."""
-        for layer in reversed(self.layers):
-            if isinstance(layer, nn.Linear):
-                return layer.out_features if self.readout is None else self.readout.classes(layer.out_features)
-        return None
+        """Output size when the last spatial layer (and the readout) fix it, else ``None``
+        (e.g. a readout ending in a ``Conv2d``, whose size depends on the input shape)."""
+        n_out = next((layer.out_features for layer in reversed(self.layers) if isinstance(layer, nn.Linear)), None)
+        return n_out if self.readout is None else self.readout.classes(n_out)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -270,9 +270,8 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Output rates ``[B, C]`` (or the readout's class scores of them) for the input
         ``x`` ``[T, B, *input_shape]``."""
-        out = self.simulate(x)[-1]
-        rates = out.mean(0).flatten(1)
-        return rates if self.readout is None else self.readout(rates)
+        rates = self.simulate(x)[-1].mean(0)  # [B, N...]: a readout may need the neuron shape (a Conv2d head)
+        return rates.flatten(1) if self.readout is None else self.readout(rates)
 
 
 def _layer_wants(layer: nn.Module) -> str:

@@ -608,6 +608,147 @@ def test_linear_readout_averaged_over_time_converts_and_bounds_soundly():
     assert_every_parameter_gets_gradient(model, loss)
 
 
+class ConvHeadSNN(nn.Module):
+    """A multi-step SpikingJelly CNN with a convolutional classifier after the last node
+    (fully convolutional, as the ``spiking_resnet`` / ``spiking_vgg`` heads end in pooling
+    and a classifier): average pool, a ``Conv2d`` to one map per class, global average
+    pool, flatten; the forward averages the class scores over time."""
+
+    def __init__(self, channels: int = 3, classes: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(
+            layer.Conv2d(1, channels, kernel_size=3, padding=1),
+            layer.BatchNorm2d(channels),
+            neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
+            layer.AvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            layer.Conv2d(channels, classes, kernel_size=1),
+            layer.AdaptiveAvgPool2d(1),
+            layer.Flatten(),
+        )
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x: torch.Tensor):
+        return self.classifier(self.features(x)).mean(0)  # x: [T, B, 1, H, W] spikes
+
+
+def test_conv_classifier_head_averaged_over_time_converts_and_bounds_soundly():
+    torch.manual_seed(9)
+    gen = torch.Generator().manual_seed(9)
+    model = ConvHeadSNN()
+    boost(model, 3.0)
+    randomize_batchnorm(model, gen)
+    model.eval()
+    x = torch.rand(3, 2, 1, 6, 6, generator=gen).bernoulli(generator=gen)
+    net = sr.from_spikingjelly(model, example_input=x)
+    readout = net.readout
+    assert readout.kind == "linear" and readout.grid() is None
+    assert [type(m).__name__ for m in readout.layers] == ["AvgPool2d", "Conv2d", "AdaptiveAvgPool2d", "Flatten"]
+    assert readout.layers[1].weight is model.classifier[0].weight  # the user's Parameters, shared
+    assert readout.ops[0].name == "model.features.3"  # paths in the user's model
+
+    x2 = torch.rand(3, 3, 1, 6, 6, generator=gen).bernoulli(generator=gen)
+    theirs = own_trains(model, lambda: (functional.reset_net(model), model(x2)), SJ_NODES)
+    assert_same_spikes(net.simulate(x2), theirs)
+
+    def scores(z):  # the model's own class scores
+        functional.reset_net(model)
+        return model(z)
+
+    torch.testing.assert_close(net(x2), scores(x2))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\] for a network with 4 classes \(the readout's\)"):
+        sr.compute_bounds(net, x2, x2, torch.tensor([0, 1, 12]))  # a neuron index, not a class
+    labels = torch.tensor([0, 2, 3])
+    lower, upper = sr.SpikeL0(0.1).bounds(x2, 3, gen)
+    assert_sound(scores, net, lower, upper, labels, samples=8, gen=gen)
+    with torch.no_grad():  # at a point input every method is within the rounding tolerance of the true margins
+        spec = sr.margin_spec(labels, 4)
+        exact = (spec * scores(x2).unsqueeze(1)).sum(-1)
+        for method in sr.METHODS:
+            lb = sr.compute_bounds(net, x2, x2, labels, method=method)
+            assert (lb <= exact + 1e-5).all() and (lb >= exact - 1e-2).all(), method
+
+    loss = sr.certified_loss(net, x2, labels, sr.SpikeL0(0.1), steps=3, method="crown-ibp", generator=gen)
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+class SnnTorchConvHead(nn.Module):
+    """snnTorch tutorial-5 style (``init_hidden=False``, a step loop, the same image each
+    step) with a ``Conv2d`` head on the last spikes, flattened in the forward: each step's
+    class scores, stacked; the caller averages them over the steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3)
+        self.lif1 = snn.Leaky(beta=0.8)
+        self.head = nn.Conv2d(3, 4, kernel_size=4)  # the whole 4x4 map -> one score per class
+
+    def forward(self, x):
+        mem1 = self.lif1.init_leaky()
+        out = []
+        for step in range(NUM_STEPS):
+            spk1, mem1 = self.lif1(self.conv1(x), mem1)
+            out.append(self.head(spk1).flatten(1))
+        return torch.stack(out)
+
+
+def test_snntorch_conv_head_flattened_in_the_forward_is_a_direct_coded_readout():
+    torch.manual_seed(10)
+    gen = torch.Generator().manual_seed(10)
+    model = SnnTorchConvHead()
+    boost(model, 2.0)
+    images = torch.rand(2, 1, 6, 6, generator=gen)
+    net = sr.from_snntorch(model, example_input=images)
+    assert net.input_coding == "direct" and net.readout.linear is model.head
+
+    images2 = torch.rand(3, 1, 6, 6, generator=gen)
+    seq = images2.expand(NUM_STEPS, *images2.shape)
+    theirs = own_trains(model, lambda: model(images2), (snn.Leaky,))
+    assert_same_spikes(net.simulate(seq), theirs)
+
+    def scores(z):  # the model's own step loop on z[t]; its class scores averaged over the steps
+        mem1 = model.lif1.init_leaky()
+        out = []
+        for t in range(z.shape[0]):
+            spk1, mem1 = model.lif1(model.conv1(z[t]), mem1)
+            out.append(model.head(spk1).flatten(1))
+        return torch.stack(out).mean(0)
+
+    torch.testing.assert_close(net(seq), model(images2).mean(0))
+    labels = torch.tensor([1, 0, 3])
+    lower, upper = seq - 0.03, seq + 0.03
+    assert_sound(scores, net, lower, upper, labels, samples=6, gen=gen, binary=False)
+    loss = sr.certified_loss(net, images2, labels, sr.DirectLinf(0.03), steps=NUM_STEPS, method="crown-ibp")
+    assert_every_parameter_gets_gradient(model, loss)
+
+
+def test_max_pool_after_the_last_spiking_layer_is_refused_as_not_a_readout():
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), snn.Leaky(0.5, init_hidden=True), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 3)
+    )
+    with pytest.raises(ValueError, match=r"model\.2 \(nn\.MaxPool2d\) after it is not affine per step"):
+        sr.from_snntorch(model)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), stride=st.integers(1, 2), pool=st.booleans())
+def test_readout_matrix_is_the_affine_chain(seed, stride, pool):
+    """``W rate + b`` from the chain's transposes equals the chain run on the rates, and
+    W, b carry gradients to every Parameter of the chain."""
+    from snn_robust.bounds.adapter_ops import RateReadout
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    chain = [nn.Conv2d(2, 3, 3, stride=stride, padding=1)] + ([nn.AvgPool2d(2)] if pool else []) + [nn.Flatten()]
+    readout = RateReadout("linear", chain)
+    rates = torch.rand(4, 2, 6, 7, generator=gen)
+    W, b = readout.matrix((2, 6, 7), rates)
+    torch.testing.assert_close(rates.flatten(1) @ W.T + b, readout(rates), rtol=1e-5, atol=1e-5)
+    (W.sum() + b.sum()).backward()
+    assert chain[0].weight.grad.abs().sum() > 0 and chain[0].bias.grad.abs().sum() > 0
+
+
 # -- the bound operators on their own (property-based) ----------------------------------------
 @settings(max_examples=30)
 @given(

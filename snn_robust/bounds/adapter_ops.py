@@ -32,6 +32,9 @@ Which statistics (the choice, and why):
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,9 +42,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import UnsupportedLayerError
 from .rounding import accumulation_error, point_outputs_exact, unit_roundoff
-from .spatial import BoundAvgPool2d, BoundOp, _pair
+from .spatial import BoundAvgPool2d, BoundOp, _pair, bound_op
 
-__all__ = ["StepBatchNorm", "BoundBatchNorm", "BoundAdaptiveAvgPool2d", "adaptive_pool_window", "RateReadout"]
+__all__ = [
+    "StepBatchNorm", "BoundBatchNorm", "BoundAdaptiveAvgPool2d", "adaptive_pool_window", "RateReadout", "READOUT_LAYERS"
+]
 
 
 class StepBatchNorm(nn.Module):
@@ -214,44 +219,79 @@ class BoundAdaptiveAvgPool2d(BoundAvgPool2d):
         return super().transpose(A, in_shape)
 
 
+READOUT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)
+"""Layers a ``linear`` readout may chain: affine per step, so ``mean_t f(s_t) = f(mean_t s_t)``."""
+
+
 class RateReadout(nn.Module):
     """Class scores that are a linear function of the last spiking layer's rates,
-    ``scores = rates @ W.T + b`` (``[B, N] -> [B, C]``), so their margins are bounded by
+    ``scores = W rate + b`` (``[B, N...] -> [B, C]``), so their margins are bounded by
     the specification ``spec @ W`` on the rates (S-IBP / S-CROWN as for any margin) plus
     ``spec @ b``.
 
-    * ``linear``: an ``nn.Linear`` after the last spiking layer whose per-step output is
-      averaged over time: ``mean_t(W s_t + b) = W rate + b`` (SpikingJelly's
-      ``spiking_vgg`` classifiers). ``W`` and ``b`` are the user's Parameters (trained).
+    * ``linear``: a chain ``f`` of affine layers (:data:`READOUT_LAYERS`: ``nn.Linear``,
+      ``nn.Conv2d``, average pools, ``nn.Flatten``) after the last spiking layer whose
+      per-step output is averaged over time: ``mean_t f(s_t) = f(mean_t s_t) = W rate + b``
+      since ``f`` is affine (SpikingJelly's ``spiking_vgg`` classifiers: one
+      ``nn.Linear``; a ``Conv2d`` classifier head, pooled and flattened to class scores).
+      The scores are ``f(rates)`` flattened per sample. ``W`` is ``f``'s linear part, read
+      by the layers' exact transposes (their S-CROWN backward), ``b = f(0)``; both are
+      functions of the user's Parameters (trained). ``linear`` is the user's
+      ``nn.Linear`` itself when the chain is one, else an ``nn.Sequential`` of the chain.
     * ``voting``: SpikingJelly's ``layer.VotingLayer(g)``: class ``c`` scores the mean
       rate of output neurons ``c g .. c g + g - 1`` (the last ``N mod g`` are unused, as
       in its ``avg_pool1d``). Scores are multiples of ``1 / (g T')``: :meth:`grid`.
     """
 
-    def __init__(self, kind: str, module: nn.Module | None = None, group: int = 1) -> None:
+    def __init__(
+        self,
+        kind: str,
+        module: nn.Module | Sequence[nn.Module] | None = None,
+        group: int = 1,
+        names: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         if kind not in ("linear", "voting"):
             raise ValueError(f"readout kind must be 'linear' or 'voting', got {kind!r}")
-        if kind == "linear" and not isinstance(module, nn.Linear):
-            raise TypeError(f"a linear readout takes an nn.Linear, got {type(module).__name__}")
         if int(group) < 1:
             raise ValueError(f"voting group size must be >= 1, got {group}")
         self.kind = kind
-        self.linear = module if kind == "linear" else None
+        self.linear: nn.Module | None = None
+        self.ops: list[BoundOp] = []
+        if kind == "linear":
+            chain = [module] if isinstance(module, nn.Module) else list(module or [])
+            names = list(names) if names is not None else [f"readout.{i}" for i in range(len(chain))]
+            if not chain or len(names) != len(chain):
+                raise ValueError(f"a linear readout takes one name per layer of a non-empty chain, got {len(chain)} layers")
+            for layer, name in zip(chain, names):
+                if not isinstance(layer, READOUT_LAYERS):
+                    allowed = ", ".join(f"nn.{t.__name__}" for t in READOUT_LAYERS)
+                    raise TypeError(
+                        f"readout layer {name} ({type(layer).__name__}) is not affine per step, so its time average is "
+                        f"not a function of the rates; a linear readout chains {allowed}"
+                    )
+            self.ops = [bound_op(layer, name) for layer, name in zip(chain, names)]  # refuses unbounded settings now
+            self.linear = chain[0] if len(chain) == 1 else nn.Sequential(*chain)
         self.group = int(group)
 
-    def classes(self, n_out: int) -> int:
-        return self.linear.out_features if self.kind == "linear" else n_out // self.group
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [op.module for op in self.ops]
 
-    def matrix(self, n_out: int, like: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(W [C, N], b [C] or None)`` on ``n_out`` output neurons."""
+    def classes(self, n_out: int | None) -> int | None:
+        """The class count on ``n_out`` output neurons; ``None`` when it depends on the
+        input shape (a chain that does not end in an ``nn.Linear``) or ``n_out`` is unknown."""
+        if self.kind == "voting":
+            return None if n_out is None else n_out // self.group
+        tail = [layer for layer in self.layers if not isinstance(layer, nn.Flatten)]
+        return tail[-1].out_features if tail and isinstance(tail[-1], nn.Linear) else None
+
+    def matrix(self, neuron_shape: Sequence[int], like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(W [C, N], b [C] or None)`` on the output neurons of shape ``neuron_shape``
+        (``N`` their number)."""
+        n_out = math.prod(neuron_shape)
         if self.kind == "linear":
-            if self.linear.in_features != n_out:
-                raise ValueError(
-                    f"readout nn.Linear takes {self.linear.in_features} features but the last spiking layer has "
-                    f"{n_out} neurons"
-                )
-            return self.linear.weight, self.linear.bias
+            return self._affine(tuple(neuron_shape), like)
         C = self.classes(n_out)
         if C < 1:
             raise ValueError(f"VotingLayer(voting_size={self.group}) needs at least {self.group} output neurons, got {n_out}")
@@ -260,13 +300,44 @@ class RateReadout(nn.Module):
         W[rows // self.group, rows] = 1.0 / self.group
         return W, None
 
+    def _affine(self, neuron_shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The chain's ``W`` (its layers transposed on the identity, last to first: the
+        S-CROWN backward, exact for affine layers) and ``b = f(0)``."""
+        if isinstance(self.linear, nn.Linear) and len(neuron_shape) == 1:  # W and b are the Parameters themselves
+            if self.linear.in_features != neuron_shape[0]:
+                raise ValueError(
+                    f"readout {self.ops[0].name} (nn.Linear) takes {self.linear.in_features} features but the last "
+                    f"spiking layer has {neuron_shape[0]} neurons"
+                )
+            return self.linear.weight, self.linear.bias
+        x = like.new_zeros(1, *neuron_shape)
+        inputs = []
+        for op in self.ops:
+            inputs.append(x)
+            try:
+                x = op.module(x)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"readout {op.name} ({type(op.module).__name__}) cannot take the last spiking layer's rates of "
+                    f"shape {tuple(inputs[-1].shape[1:])} (torch: {str(exc).splitlines()[0]})"
+                ) from None
+        b = x.flatten(1)[0]
+        C = b.shape[0]
+        A = torch.eye(C, dtype=like.dtype, device=like.device).reshape(1, C, *x.shape[1:])
+        for op, inp in zip(reversed(self.ops), reversed(inputs)):
+            A, _ = op.backward(A, inp, inp)
+        return A.reshape(C, -1), b
+
     def grid(self) -> int | None:
         """Scores lie on ``Z / (grid * T')`` (``None``: no grid, real weights)."""
         return self.group if self.kind == "voting" else None
 
     def forward(self, rates: Tensor) -> Tensor:
-        W, b = self.matrix(rates.shape[-1], rates)
-        return F.linear(rates, W, b)
+        """Class scores ``[B, C]`` of the rates ``[B, N...]`` (the last layer's neuron shape)."""
+        if self.kind == "linear":
+            return self.linear(rates).flatten(1)
+        W, b = self.matrix((math.prod(rates.shape[1:]),), rates)
+        return F.linear(rates.flatten(1), W, b)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}" + (f", group={self.group}" if self.kind == "voting" else "")

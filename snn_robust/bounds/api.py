@@ -118,8 +118,9 @@ def compute_bounds(
     network. float16 / float64 bounds are cast to the network's dtype (sound: rounding is
     monotone, so the cast box keeps every input of that dtype it held).
 
-    **Readouts.** With ``network.readout`` (class scores ``W rate + b``, e.g. a voting
-    layer) ``C`` is the readout's class count and the bounds are on the scores: the
+    **Readouts.** With ``network.readout`` (class scores ``W rate + b``: a voting layer,
+    or a time-averaged chain of affine layers, whose ``W`` is read by their exact
+    transposes) ``C`` is the readout's class count and the bounds are on the scores: the
     specification ``spec`` on classes becomes ``spec @ W`` on the output rates, bounded as
     above, plus ``spec @ b``. A voting readout's scores lie on the grid ``Z / (g T')``; a
     learned ``nn.Linear`` readout has no grid, so its bounds are only lowered by the
@@ -155,7 +156,7 @@ def compute_bounds(
     B, C = rl.shape
     readout = network.readout
     if readout is not None:  # class scores W rate + b: the specification moves onto the rates
-        W, b = readout.matrix(C, rl)
+        W, b = readout.matrix(tuple(ibp.spikes[-1][0].shape[2:]), rl)
         C = W.shape[0]
     if labels is not None:
         if ((labels < 0) | (labels >= C)).any():
