@@ -145,11 +145,14 @@ def compute_bounds(
     ``exhaustive=False`` the cheap methods (``ibp``, ``crown-ibp``, ``crown-ibp-adaptive``)
     run first on the whole batch; a sample whose cheap margins (rounded as below) are all
     ``> 0`` is verified already, and the optimised S-CROWN runs only on the others
-    (its Adam weights are per sample, so a sample's optimised bound does not depend on
-    the rest of the batch). The verified set is the exhaustive one's (a maximum of sound
-    bounds that is ``> 0`` stays ``> 0`` when more bounds join it) and unverified samples
-    get the exhaustive margins; a verified sample's margins are the cheap methods'
-    maximum, still sound lower bounds but possibly below the exhaustive ``best``'s. Without
+    (its Adam weights are per sample). A maximum of sound bounds that is ``> 0`` stays
+    ``> 0`` when more bounds join it, so the verified set is the exhaustive one's and
+    unverified samples get the exhaustive margins, exactly in exact arithmetic; in float32
+    a sample's optimised bound also depends, through rounding amplified by the Adam steps,
+    on which other samples share its batch (measured up to ~1e-2 with a real-valued
+    readout, for the exhaustive path as much), so near-zero margins may differ there. A
+    verified sample's margins are the cheap methods' maximum, still sound lower bounds but
+    possibly below the exhaustive ``best``'s. Without
     labels (rate bounds) nothing is verified and every method runs on every sample.
 
     The result is differentiable with respect to the network's parameters.
