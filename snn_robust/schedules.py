@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .validation import check_int, check_number
+from .validation import check_int, check_number, check_positive_int
 
 __all__ = ["EPS_SHAPES", "EpsSchedule"]
 
@@ -81,8 +81,7 @@ class EpsSchedule:
         shape: str = "linear",
     ) -> "EpsSchedule":
         """A schedule given in (possibly fractional) epochs, rounded to whole iterations."""
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
+        steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
         for name, value in (("ramp_epochs", ramp_epochs), ("hold_epochs", hold_epochs), ("start_epoch", start_epoch)):
             if not value >= 0:
                 raise ValueError(f"EpsSchedule.from_epochs: {name} must be >= 0, got {value!r}")
