@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bounds.api import Method, compute_bounds
+from .bounds.rounding import accumulation_error, unit_roundoff
 from .bounds.spatial import BoundAvgPool2d, BoundConv2d, BoundFlatten, BoundLinear, BoundOp
 from .errors import UnsupportedLayerError
 from .evaluate import ErrorResult, _batches, _device, _generators, _summary, _time_major
@@ -285,8 +286,6 @@ class _FlipBudgetOp(BoundOp):
         sum of ``k`` gains) by at most ``gamma_{nnz+k+2} mag``. Both together are under
         ``accumulation_error(mag, nnz + k) = 2 gamma_{nnz+k+4} mag``. The inputs are not
         fixed, so this is never 0, unlike a point input's error."""
-        from .bounds.rounding import accumulation_error, unit_roundoff
-
         mod = self.module
         with torch.no_grad():
             magnitude = self.op.abs_linear(l) + self._largest_weights().to(l.dtype)
