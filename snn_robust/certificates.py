@@ -289,13 +289,11 @@ class _FlipBudgetOp(BoundOp):
         mod = self.module
         with torch.no_grad():
             magnitude = self.op.abs_linear(l) + self._largest_weights().to(l.dtype)
+            magnitude = magnitude + self.op.abs_bias(magnitude)  # |b| per output; 0 for a pool
             if isinstance(self.op, BoundAvgPool2d):
                 fan_in = self.op.kernel[0] * self.op.kernel[1]
             else:
                 fan_in = mod.weight[0].numel()
-                if mod.bias is not None:
-                    shape = (-1,) if isinstance(self.op, BoundLinear) else (-1, 1, 1)
-                    magnitude = magnitude + mod.bias.detach().abs().reshape(shape)
             nnz = (l != 0).flatten(1).sum(1).reshape(-1, *([1] * (magnitude.dim() - 1)))
             terms = (nnz + self.k).clamp(max=fan_in).to(l.dtype)
             return accumulation_error(magnitude, terms, unit_roundoff(l.dtype, l.device))
