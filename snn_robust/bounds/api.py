@@ -32,6 +32,14 @@ def _ibp_spec_lower(ibp: IBPResult, spec: Tensor) -> Tensor:
     return (spec.clamp(min=0) * rl.unsqueeze(1)).sum(-1) + (spec.clamp(max=0) * ru.unsqueeze(1)).sum(-1)
 
 
+def _maximum(bounds: list[Tensor]) -> Tensor:
+    """The elementwise maximum of sound lower bounds (each ``[B, S]``): sound too."""
+    lb = bounds[0]
+    for other in bounds[1:]:
+        lb = torch.maximum(lb, other)
+    return lb
+
+
 def _optimized_unverified(
     network: SpikingNetwork,
     ibp: IBPResult,
@@ -46,9 +54,7 @@ def _optimized_unverified(
     not verify, scattered into ``cheap[-1]`` (already in the maximum) elsewhere, so the
     maximum and its gradient on verified samples are the cheap methods'."""
     with torch.no_grad():
-        lb = cheap[0]
-        for other in cheap[1:]:
-            lb = torch.maximum(lb, other)
+        lb = _maximum(cheap)
         todo = (finish(lb) <= 0).any(1).nonzero().squeeze(1)
     B = lb.shape[0]
     if todo.numel() == 0:
@@ -241,9 +247,7 @@ def compute_bounds(
         found.append(s_crown_optimized(network, ibp, lower, upper, spec))
     elif method == "best":
         found.append(_optimized_unverified(network, ibp, lower, upper, spec, found, finish))
-    lb = found[0]
-    for other in found[1:]:
-        lb = torch.maximum(lb, other)
+    lb = _maximum(found)
     if len(found) > 1 and lb.requires_grad:
         # the value is the maximum; its gradient comes from the last (most expressive) method
         # within the grid tolerance of it, so ties with S-IBP (whose gradient vanishes where
