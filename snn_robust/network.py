@@ -172,10 +172,13 @@ class SpikingNetwork(nn.Module):
         """Raise ``ValueError`` naming the layer if a LIF parameter leaves its proven range
         (:meth:`LIF.check_parameters`) or a spatial layer's weight or bias holds a NaN or
         an infinity. Cheap enough for every training step: one fused sum per parameter
-        (:func:`~snn_robust.validation.check_all_finite`) and one device sync for all of them
-        (plus one per LIF layer)."""
-        for stage in self.stages:
-            stage.lif.check_parameters(f"layer {stage.name} ({stage.lif.layer_kind})")
+        (:func:`~snn_robust.validation.check_all_finite`) and one device sync for all of them,
+        plus one for all LIF layers (:meth:`LIF.parameters_ok`)."""
+        wheres = [f"layer {stage.name} ({stage.lif.layer_kind})" for stage in self.stages]
+        flags = [stage.lif.parameters_ok(where) for stage, where in zip(self.stages, wheres)]
+        if flags and not bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+            for stage, where in zip(self.stages, wheres):  # the failure path: the first bad layer, by name
+                stage.lif.check_parameters(where)
         named = [
             (f"layer {op.name} ({type(layer).__name__}) {pname}", p)
             for stage in self.stages

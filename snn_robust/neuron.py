@@ -198,13 +198,18 @@ class LIF(nn.Module):
         leaves the range the bounds are proven for: ``alpha in [0, 1]``, ``th > 0`` and
         ``scale > 0``, all finite. One fused test per value and one device sync."""
         where = where or self.layer_kind
-        self.check_source(where)
-        checks = self.parameter_checks()
-        flags = [_RULES[rule][1](value.detach()).all() for _, value, rule in checks]
-        if bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+        if bool(self.parameters_ok(where)):
             return
-        for name, value, rule in checks:
+        for name, value, rule in self.parameter_checks():
             _check_rule(f"{where}: {name}", value, rule)
+
+    def parameters_ok(self, where: str | None = None) -> Tensor:
+        """The fast path of :meth:`check_parameters` without its device sync: runs
+        :meth:`check_source` (which may raise), then returns a 0-d bool tensor, true iff
+        every value lies in its range (a network stacks these to sync once for all layers)."""
+        self.check_source(where or self.layer_kind)
+        flags = [_RULES[rule][1](value.detach()).all() for _, value, rule in self.parameter_checks()]
+        return torch.stack([f.to(flags[0].device) for f in flags]).all()
 
     # -- simulation -----------------------------------------------------------------
     def charge(self, m_prev: Tensor, s_prev: Tensor, sp: Tensor) -> Tensor:
