@@ -46,6 +46,7 @@ from snn_robust.loss import bound_logits
 from snn_robust.models import paper_model
 from snn_robust.network import SpikingNetwork
 from snn_robust.perturbations import Perturbation
+from snn_robust.validation import non_finite_names
 from snn_robust.progress import format_duration
 from snn_robust.fileio import DamagedFileError, atomic_write_text, read_checked
 from snn_robust.training import NonFiniteError, TrainConfig, atomic_save, fit, non_finite_parameters
@@ -169,7 +170,7 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu")
     state = ck.get("state_dict")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ModelFileError(f"{p} is damaged: its weights are missing or not tensors")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_names(state.items())
     if bad:
         raise ModelFileError(f"{p} holds non-finite weights in {', '.join(bad)}; it was refused")
     try:

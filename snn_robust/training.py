@@ -61,7 +61,7 @@ from .loss import bound_logits
 from .network import SpikingNetwork
 from .perturbations import Perturbation
 from .schedules import EPS_SHAPES, EpsSchedule
-from .validation import check_positive_int
+from .validation import check_positive_int, non_finite_names
 
 __all__ = [
     "CLEAN_LOSSES",
@@ -145,14 +145,8 @@ class CheckpointError(ValueError):
 
 def non_finite_parameters(net: torch.nn.Module) -> list[str]:
     """Names of the parameters and buffers of ``net`` holding a NaN or an infinity (one
-    device sync for the whole network)."""
-    named = [(n, t) for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_floating_point()]
-    if not named:
-        return []
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named])
-    if bool(finite.all()):
-        return []
-    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+    device sync for the whole network; :func:`~snn_robust.validation.non_finite_names`)."""
+    return non_finite_names([*net.named_parameters(), *net.named_buffers()])
 
 
 def _check_weight(name: str, value: float) -> float:
@@ -803,7 +797,7 @@ def _checkpoint_to_resume(path: Path) -> dict[str, Any] | None:
             found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
             problems.append(f"{candidate} is not a fit checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT})")
             continue
-        bad = [k for k, v in ck["model"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = non_finite_names((k, v) for k, v in ck["model"].items() if torch.is_tensor(v))
         if bad:
             problems.append(f"{candidate} holds non-finite weights in {', '.join(bad)}")
             continue

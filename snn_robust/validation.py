@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_positive_int", "check_number", "check_finite", "check_all_finite", "describe_nonfinite"]
+__all__ = ["check_int", "check_positive_int", "check_number", "check_finite", "check_all_finite", "non_finite_names", "describe_nonfinite"]
 
 
 def check_int(name: str, value: Any, low: int = 0) -> int:
@@ -80,23 +80,31 @@ def check_finite(x: Tensor, name: str, hint: str = "") -> None:
         raise ValueError(f"{name} contains {describe_nonfinite(x)}{'; ' + hint if hint else ''}")
 
 
-def check_all_finite(named: Iterable[tuple[str, Tensor]], hint: str = "") -> None:
-    """:func:`check_finite` on many tensors with a single device sync.
+def non_finite_names(named: Iterable[tuple[str, Tensor]]) -> list[str]:
+    """Names of the floating tensors in ``named`` holding a NaN or an infinity, in order,
+    with a single device sync when all are finite.
 
     Fast path: one fused sum per tensor, and one ``isfinite`` on the stacked sums. A sum
     is finite only if no element is NaN or infinite, so a finite result proves the tensor
     finite; a non-finite sum (a bad element, or finite elements whose sum overflows) sends
-    that tensor to the exact elementwise check, which names it or lets it pass. The sum
-    reads each element once and allocates nothing, about 40x cheaper than
-    ``isfinite(t).all()`` on a 256 x 6272 weight (0.07 ms vs 3.5 ms, one CPU thread)."""
+    that tensor to the exact elementwise check. The sum reads each element once and
+    allocates nothing, about 40x cheaper than ``isfinite(t).all()`` on a 256 x 6272
+    weight (0.07 ms vs 3.5 ms, one CPU thread)."""
     named = [(name, t.detach()) for name, t in named if t.is_floating_point() and t.numel() > 0]
     if not named:
-        return
+        return []
     device = named[0][1].device
     sums = torch.stack([t.sum().to(device=device, dtype=torch.float32) for _, t in named])
     flags = torch.isfinite(sums)
     if bool(flags.all()):
-        return
-    for (name, t), ok in zip(named, flags.tolist()):
-        if not ok:
-            check_finite(t, name, hint)
+        return []
+    return [name for (name, t), ok in zip(named, flags.tolist()) if not ok and not bool(torch.isfinite(t).all())]
+
+
+def check_all_finite(named: Iterable[tuple[str, Tensor]], hint: str = "") -> None:
+    """:func:`check_finite` on many tensors with a single device sync
+    (:func:`non_finite_names`); the error names the first bad tensor."""
+    named = list(named)
+    bad = non_finite_names(named)
+    if bad:
+        check_finite(next(t for name, t in named if name == bad[0]), bad[0], hint)
