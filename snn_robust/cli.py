@@ -253,9 +253,15 @@ def _join_processes(device: Any) -> Any:
     return distributed.init_from_env(device)
 
 
+def _is_rank0() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or a plain run (read from the
+    environment, so that it needs no torch import)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _say(text: str) -> None:
     """Print on rank 0 only (every process of a torchrun job runs the same command)."""
-    if os.environ.get("RANK", "0") == "0":
+    if _is_rank0():
         print(text)
 
 
@@ -558,7 +564,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     device = _join_processes(resolve_device(args.device))
     try:
         results = run_recipe(recipe, profile, out, data_root=root, device=device, seed=args.seed,
-                             verify_data=args.verify_data, progress=not args.quiet and os.environ.get("RANK", "0") == "0")
+                             verify_data=args.verify_data, progress=not args.quiet and _is_rank0())
     except RecipeConfigError as exc:
         raise UsageError(str(exc)) from None
     ran = [n for n, s in results["stages"].items() if s["status"] == "ran"]
@@ -645,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         logging.basicConfig(
             # under torchrun the other ranks log warnings only: rank 0 reports the run
-            level=logging.WARNING if args.quiet or os.environ.get("RANK", "0") != "0" else logging.INFO,
+            level=logging.WARNING if args.quiet or not _is_rank0() else logging.INFO,
             format=f"{PROG}: %(message)s",
             stream=sys.stderr,
         )
