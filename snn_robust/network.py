@@ -185,9 +185,8 @@ class SpikingNetwork(nn.Module):
             for layer, op in zip(stage.spatial, stage.ops)
             for pname, p in layer.named_parameters()
         ]
-        readout = getattr(self, "readout", None)
-        if readout is not None:  # class scores linear in the rates
-            named += [(f"readout {pname}", p) for pname, p in readout.named_parameters()]
+        if self.readout is not None:  # class scores linear in the rates
+            named += [(f"readout {pname}", p) for pname, p in self.readout.named_parameters()]
         check_all_finite(
             named,
             "bounds of a network with non-finite weights mean nothing (a diverged training step? restore a "
