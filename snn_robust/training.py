@@ -1039,7 +1039,8 @@ def fit(
         return max_steps is not None and step >= max_steps
 
     total = config.epochs * per_epoch
-    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=progress and main, initial=min(step, total))
+    show_progress = progress and main  # the other ranks show nothing
+    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=show_progress, initial=min(step, total))
     completed = False
     try:
         while epoch < config.epochs and not stop_now():
@@ -1060,7 +1061,7 @@ def fit(
                 epoch_mean.add(metrics, n_global)
                 span_mean.add(metrics, n_global)
                 bar.update(1)
-                if progress:
+                if show_progress:
                     shown = {k: f"{metrics[k]:.3g}" for k in ("loss", "clean_acc", "verified", "eps") if k in metrics}
                     bar.set_postfix(epoch=epoch, **shown, refresh=False)
                 if log_every is not None and step % log_every == 0:
