@@ -252,11 +252,11 @@ def convert_traced(
             )
         shape = tuple(x.shape[2:]) if input_shape is None else input_shape
         net = out.build(is_neuron, _coding(x, x.shape[0], input_coding), end_hint, shape)
-        _verify(net, out, roots, x, is_neuron)
+        trains = _verify(net, out, roots, x, is_neuron)
         if net.readout is not None:
             source = out.readout[2] if out.readout is not None else out.sources[-1]
             path = out.readout[1] if out.readout is not None else out.names[-1]
-            _verify_readout(net, source, path, roots, x)
+            _verify_readout(net, source, path, roots, trains[-1])
     finally:
         reset(model)
         _restore(saved)
@@ -266,8 +266,9 @@ def convert_traced(
     return net
 
 
-def _verify(net, out: Collected, roots: list[Call], x: Tensor, is_neuron: Callable[[nn.Module], bool]) -> None:
-    """The converted network's spikes at every neuron layer equal the model's own."""
+def _verify(net, out: Collected, roots: list[Call], x: Tensor, is_neuron: Callable[[nn.Module], bool]) -> list[Tensor]:
+    """The converted network's spikes at every neuron layer equal the model's own; returns
+    those spike trains (the readout check reuses the last)."""
     by_module: dict[int, list[Tensor]] = {}
     for root in roots:
         for call in root.walk():
@@ -299,16 +300,18 @@ def _verify(net, out: Collected, roots: list[Call], x: Tensor, is_neuron: Callab
                 "does something between or around the layers that the chain does not show (a scaled or shifted input, "
                 "a membrane not starting at zero, a state carried between calls); conversion refused"
             )
+    return trains
 
 
-def _verify_readout(net, source: nn.Module, path: str, roots: list[Call], x: Tensor) -> None:
+def _verify_readout(net, source: nn.Module, path: str, roots: list[Call], last_train: Tensor) -> None:
     """The readout's outputs in the model, averaged over the steps (and flattened per
     sample: a Conv2d head's ``[C, 1, 1]``), equal the converted network's class scores
-    (up to summation order)."""
+    (up to summation order) on the last spiking layer's train ``[T, B, N...]`` that
+    :func:`_verify` simulated (what ``net(x)`` computes, without simulating again)."""
     seen = [c.out for root in roots for c in root.walk() if c.module is source and c.out is not None]
     with torch.no_grad():
-        ours = net(x)
-    multi = len(seen) == 1 and seen[0].shape[:2] == (x.shape[0], ours.shape[0])  # one call on [T, B, ...]
+        ours = net.readout(last_train.mean(0))
+    multi = len(seen) == 1 and seen[0].shape[:2] == (last_train.shape[0], ours.shape[0])  # one call on [T, B, ...]
     theirs = seen[0] if multi else torch.stack(seen) if seen else None
     theirs = None if theirs is None else theirs.mean(0).flatten(1)
     if theirs is None or theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-4, atol=1e-5):
