@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
@@ -68,6 +73,38 @@ __all__ = [
     "margin_spec",
 ]
 
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    """Finds ``snn_robust.adapters`` / ``snn_robust.recipes`` in the top-level ``adapters/``
+    and ``recipes/`` folders of a source checkout, so that the package imports from a
+    checkout on ``PYTHONPATH`` without being installed.
+
+    An install maps those folders to the same names through ``package-dir`` (pyproject.toml;
+    a wheel copies them under ``snn_robust/``). This finder is appended to
+    ``sys.meta_path``, after the interpreter's own finders, so an installed layout always
+    wins and the finder answers only where nothing else finds the name."""
+
+    def __init__(self, folders: dict[str, Path]) -> None:
+        self.folders = folders
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        folder = self.folders.get(fullname)
+        if folder is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)])
+
+
+def _install_checkout_finder() -> None:
+    root = Path(__file__).resolve().parent.parent
+    folders = {f"{__name__}.{name}": root / name for name in ("adapters", "recipes")
+               if not (Path(__file__).parent / name).is_dir() and (root / name / "__init__.py").is_file()}
+    if folders and not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+        sys.meta_path.append(_CheckoutFinder(folders))
+
+
+_install_checkout_finder()
 
 
 def __getattr__(name: str) -> Any:
