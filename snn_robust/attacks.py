@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .evaluate import is_correct
+from .coding import bernoulli_encode, image_coding
+from .metrics import is_correct
 from .network import SpikingNetwork
 from .neuron import LIF, Rectangular
-from .perturbations import bernoulli_encode
 from .validation import check_number, check_positive_int
 
 __all__ = [
@@ -434,14 +434,6 @@ def _project(x: Tensor, x0: Tensor, eps: float) -> Tensor:
     return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0.0, 1.0)
 
 
-def _encode(net: SpikingNetwork, x: Tensor, steps: int, generator: torch.Generator | None) -> Tensor:
-    """The network's input coding of images: Bernoulli rate coding for spike-input networks,
-    the image repeated at every step for a direct-coded first layer."""
-    if net.input_coding == "direct":
-        return x.unsqueeze(0).expand(steps, *x.shape)
-    return bernoulli_encode(x, steps, generator)
-
-
 @dataclass(frozen=True)
 class SpikeCompatibleDigitalAttack(Attack):
     """Spike-compatible gradient attack on a rate-coded image (Liang et al.; Eq. 6, digital case).
@@ -569,7 +561,7 @@ class EOTPGD(Attack):
         with attack_surrogate(net, self.surrogate):
             for i in range(self.n_iter):
                 batch = xn.repeat(K, *([1] * (xn.dim() - 1)))  # [K*B, X...], coding k in rows k*B..(k+1)*B
-                spikes = _encode(net, batch, self.time_steps, generator)
+                spikes = image_coding(net, self.time_steps).encode(batch, generator)
                 _, grad = _input_grad(net, spikes, labels, self.loss)
                 ghat = grad.sum(0).reshape(K, B, *x0.shape[1:]).mean(0)
                 xn = _project(xn + step * ghat.sign(), x0, self.eps)

@@ -30,7 +30,9 @@ from .bounds.api import Method, compute_bounds
 from .bounds.rounding import accumulation_error, unit_roundoff
 from .bounds.spatial import BoundAvgPool2d, BoundConv2d, BoundFlatten, BoundLinear, BoundOp
 from .errors import UnsupportedLayerError
-from .evaluate import ErrorResult, _batches, _device, _generators, _summary, _time_major
+from .coding import SpikeFrames
+from .evaluate import _batches, _device, _generators
+from .metrics import ErrorResult, summarize
 from .network import SpikingNetwork
 from .perturbations import DigitalLinf
 
@@ -414,10 +416,10 @@ def event_certified_error(
     seeds."""
     device = _device(network)
     unverified, n = 0, 0
-    for x, y in _batches(data, batch_size, max_samples, device):
+    for x, y in _batches(data, batch_size, max_samples, device, SpikeFrames()):
         with torch.no_grad():
-            margins = event_l0_bounds(network, _time_major(x), k, y, method, per_step=per_step, steps=steps)
+            margins = event_l0_bounds(network, x, k, y, method, per_step=per_step, steps=steps)
         unverified += int((~(margins > 0).all(1)).sum())
         n += y.shape[0]
     details = {"perturbation": "event l_0", "k": k, "per_step": per_step, "steps": steps, "method": method}
-    return _summary([unverified / max(n, 1)], [], n, details)
+    return summarize([unverified / max(n, 1)], [], n, details)

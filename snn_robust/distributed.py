@@ -238,12 +238,12 @@ def shard(data: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
 
 
 def combine_errors(result: Any) -> Any:
-    """One :class:`~snn_robust.evaluate.ErrorResult` from every rank's result on its
+    """One :class:`~snn_robust.metrics.ErrorResult` from every rank's result on its
     :func:`shard`: each seed's error is the sample-weighted mean of the ranks' errors
     (``sum_r n_r e_r / N``, the error over all samples), ``num_samples`` their sum, the
     std recomputed over the combined seeds; ``details`` are rank 0's. Every rank gets it.
     The ranks must have used the same seeds."""
-    from .evaluate import ErrorResult, _summary
+    from .metrics import ErrorResult, summarize
 
     if not isinstance(result, ErrorResult):
         raise TypeError(f"combine_errors takes an ErrorResult (clean_error, certified_error), got {type(result).__name__}")
@@ -254,4 +254,4 @@ def combine_errors(result: Any) -> Any:
         raise ValueError(f"combine_errors: the ranks used different seeds ({[r.seeds for r in results]})")
     total = sum(r.num_samples for r in results)
     per_seed = [sum(r.num_samples * r.per_seed[i] for r in results) / total for i in range(len(results[0].per_seed))]
-    return _summary(per_seed, results[0].seeds, total, results[0].details)
+    return summarize(per_seed, results[0].seeds, total, results[0].details)

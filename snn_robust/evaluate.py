@@ -5,18 +5,17 @@ shape, ``C`` classes.
 
 Data are given as a pair of tensors ``(inputs [N, ...], labels [N])`` or as an iterable of
 ``(inputs, labels)`` batches (a ``DataLoader``); they are batched internally. What the
-inputs are depends on the coding:
+inputs are depends on the coding (an :mod:`snn_robust.coding` object, or its name):
 
-* ``"rate"``: images ``[N, X...]`` in ``[0, 1]``, Bernoulli rate coded with ``time_steps``
-  steps at evaluation (fresh samples per seed);
-* ``"spike"``: binary spike trains, *sample-major* ``[N, T, X...]`` as datasets and
-  ``DataLoader`` batches hold them (e.g. N-MNIST frames); turned time-major inside;
-* ``"direct"``: analog images ``[N, X...]`` fed as current at every step.
+* ``RateCoding`` / ``"rate"``: images ``[N, X...]`` in ``[0, 1]``, Bernoulli rate coded with
+  ``time_steps`` steps at evaluation (fresh samples per seed);
+* ``SpikeFrames`` / ``"spike"``: binary spike trains, *sample-major* ``[N, T, X...]`` as
+  datasets and ``DataLoader`` batches hold them (e.g. N-MNIST frames); turned time-major
+  once per batch (:meth:`Coding.batch <snn_robust.coding.Coding.batch>`);
+* ``DirectCoding`` / ``"direct"``: analog images ``[N, X...]`` fed as current at every step.
 
-Correctness is strict: a sample counts as correct only when the label's rate is larger
-than every other rate (``rate[y] > rate[j]`` for all ``j != y``); ties, e.g. a silent
-output layer, are errors. This is what a margin lower bound ``> 0`` certifies, so a
-verified sample is always correct.
+Correctness is strict (:func:`snn_robust.metrics.is_correct`): ties, e.g. a silent output
+layer, are errors, so a verified sample is always correct.
 
 Rate-coded results are averaged over ``seeds``: each seed fixes the attack's randomness
 and, separately, the evaluation encodings; results report the mean, the sample standard
@@ -25,17 +24,17 @@ deviation over seeds and every seed's value. All results are dataclasses whose
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from .bounds.api import Method, compute_bounds
+from .coding import Coding, SpikeFrames, as_coding, image_coding
+from .metrics import AttackResult, ErrorResult, is_correct, summarize
 from .network import SpikingNetwork
-from .perturbations import DigitalLinf, DirectLinf, Perturbation, SpikeL0, bernoulli_encode
+from .perturbations import Perturbation
 from .progress import progress_bar
 from .validation import check_positive_int
 
@@ -51,58 +50,7 @@ __all__ = [
     "certified_error",
 ]
 
-Coding = Literal["rate", "spike", "direct"]
-CODINGS = ("rate", "spike", "direct")
-
-
-def is_correct(rates: Tensor, labels: Tensor) -> Tensor:
-    """``[B]`` bool: ``rates[b, y_b] > rates[b, j]`` for every ``j != y_b`` (ties are errors)."""
-    ry = rates.gather(1, labels[:, None]).squeeze(1)
-    others = rates.scatter(1, labels[:, None], float("-inf"))
-    return ry > others.amax(1)
-
-
-@dataclass
-class ErrorResult:
-    """An error rate over seeds.
-
-    ``error``: mean over seeds of the share of samples counted as errors; ``std``: sample
-    standard deviation over seeds (0 for one seed); ``per_seed``: each seed's error;
-    ``seeds``: the seeds used (empty when the evaluation involves no randomness);
-    ``num_samples``: samples evaluated; ``details``: what was measured and how."""
-
-    error: float
-    std: float
-    per_seed: list[float]
-    seeds: list[int]
-    num_samples: int
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class AttackResult:
-    """Attack error per budget: ``errors[i]`` is the result at ``eps[i]``; ``clean`` the
-    clean error measured on the same evaluation encodings; ``attack`` the attack's name and
-    parameters except its eps (the budgets are ``eps``)."""
-
-    attack: dict[str, Any]
-    clean: ErrorResult
-    eps: list[float]
-    errors: list[ErrorResult]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 # -- data and seeds ---------------------------------------------------------------------
-def _check_coding(coding: str) -> None:
-    if coding not in CODINGS:
-        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
-
-
 def _check_batch_size(batch_size: int) -> None:
     check_positive_int("batch_size", batch_size)
 
@@ -126,9 +74,10 @@ def _total(data: Any, batch_size: int, max_samples: int | None, repeats: int) ->
 
 
 def _batches(
-    data: Any, batch_size: int, max_samples: int | None, device: torch.device
+    data: Any, batch_size: int, max_samples: int | None, device: torch.device, coding: Coding | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(inputs, labels)`` batches on ``device``, at most ``max_samples`` samples in all."""
+    """``(inputs, labels)`` batches on ``device``, at most ``max_samples`` samples in all;
+    with a ``coding``, the inputs as its ``encode`` takes them (``coding.batch``)."""
     if _is_tensor_pair(data):
         inputs, labels = data
         if inputs.shape[0] != labels.shape[0]:
@@ -155,7 +104,7 @@ def _batches(
         x = x.to(device)
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
-        yield x, torch.as_tensor(y, device=device).long()
+        yield (x if coding is None else coding.batch(x)), torch.as_tensor(y, device=device).long()
 
 
 def _device(net: SpikingNetwork) -> torch.device:
@@ -171,33 +120,15 @@ def _generators(seed: int, device: torch.device, count: int) -> list[torch.Gener
     return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
-def _summary(per_seed: list[float], seeds: list[int], n: int, details: dict[str, Any]) -> ErrorResult:
-    t = torch.tensor(per_seed, dtype=torch.float64)
-    std = float(t.std(unbiased=True)) if len(per_seed) > 1 else 0.0
-    return ErrorResult(float(t.mean()), std, [float(e) for e in per_seed], [int(s) for s in seeds], n, details)
-
-
-def _time_major(x: Tensor) -> Tensor:
-    """Sample-major spike trains ``[B, T, X...]`` -> ``[T, B, X...]``."""
-    if x.dim() < 3:
-        raise ValueError(f"spike data must be sample-major [N, T, X...], got a batch of shape {tuple(x.shape)}")
-    return x.transpose(0, 1)
-
-
-def _encode(x: Tensor, coding: str, steps: int, generator: torch.Generator | None) -> Tensor:
-    if coding == "rate":
-        return bernoulli_encode(x, steps, generator)
-    if coding == "spike":
-        return _time_major(x)
-    return x.unsqueeze(0).expand(steps, *x.shape)
-
-
-def _check_net(net: SpikingNetwork, coding: str) -> None:
+def _check_net(net: SpikingNetwork, coding: Coding) -> None:
     if not isinstance(net, SpikingNetwork):
         raise TypeError(f"expected a SpikingNetwork, got {type(net).__name__}")
-    wanted = "direct" if coding == "direct" else "spike"
-    if net.input_coding != wanted:
-        raise ValueError(f"coding {coding!r} needs a network with input_coding={wanted!r}, got {net.input_coding!r}")
+    coding.check_network(net)
+
+
+def _coding_details(coding: Coding, eval_samples: int) -> dict[str, Any]:
+    return {"coding": coding.name, "time_steps": coding.steps if coding.name != "spike" else None,
+            "eval_samples": eval_samples}
 
 
 def _progress(progress: bool, total: int | None, desc: str) -> Any:
@@ -207,10 +138,10 @@ def _progress(progress: bool, total: int | None, desc: str) -> Any:
 
 # -- clean error ------------------------------------------------------------------------
 def _wrong_clean(
-    net: SpikingNetwork, x: Tensor, y: Tensor, coding: str, steps: int, gen: torch.Generator | None, eval_samples: int
+    net: SpikingNetwork, x: Tensor, y: Tensor, coding: Coding, gen: torch.Generator | None, eval_samples: int
 ) -> Tensor:
     """``[eval_samples, B]`` bool: misclassified under each evaluation encoding."""
-    return torch.stack([~is_correct(net(_encode(x, coding, steps, gen)), y) for _ in range(eval_samples)])
+    return torch.stack([~is_correct(net(coding.encode(x, gen)), y) for _ in range(eval_samples)])
 
 
 @torch.no_grad()
@@ -218,7 +149,7 @@ def clean_error(
     net: SpikingNetwork,
     data: Any,
     *,
-    coding: Coding = "rate",
+    coding: Coding | str = "rate",
     time_steps: int = 10,
     seeds: Sequence[int] = (0, 1, 2),
     eval_samples: int = 1,
@@ -228,30 +159,30 @@ def clean_error(
 ) -> ErrorResult:
     """Share of samples misclassified on clean inputs.
 
-    For ``coding="rate"`` each seed draws fresh Bernoulli encodings (``time_steps`` steps;
-    ``eval_samples`` encodings per sample, their errors averaged); the encodings are the
-    same as the clean encodings :func:`attack_error` uses for that seed. For ``"spike"`` and
-    ``"direct"`` the evaluation is deterministic and runs once (``seeds`` is ignored).
+    ``coding``: a :class:`~snn_robust.coding.Coding`, or its name (``"rate"``, ``"spike"``,
+    ``"direct"``) with ``time_steps`` steps. For rate coding each seed draws fresh Bernoulli
+    encodings (``eval_samples`` encodings per sample, their errors averaged); the encodings
+    are the same as the clean encodings :func:`attack_error` uses for that seed. For spike
+    frames and direct coding the evaluation is deterministic and runs once (``seeds`` is
+    ignored).
     """
-    _check_coding(coding)
+    coding = as_coding(coding, time_steps)
     _check_net(net, coding)
     _check_batch_size(batch_size)
     device = _device(net)
-    run_seeds = list(seeds) if coding == "rate" else []
+    run_seeds = list(seeds) if coding.random else []
     per_seed, n = [], 0
     bar = _progress(progress, _total(data, batch_size, max_samples, max(1, len(run_seeds))), "clean error")
     for seed in run_seeds or [None]:
         gen = _generators(seed, device, 3)[1] if seed is not None else None
         wrong, n = 0.0, 0
-        for x, y in _batches(data, batch_size, max_samples, device):
-            wrong += _wrong_clean(net, x, y, coding, time_steps, gen, eval_samples).float().mean(0).sum().item()
+        for x, y in _batches(data, batch_size, max_samples, device, coding):
+            wrong += _wrong_clean(net, x, y, coding, gen, eval_samples).float().mean(0).sum().item()
             n += y.shape[0]
             bar.update()
         per_seed.append(wrong / max(n, 1))
     bar.close()
-    details = {"coding": coding, "time_steps": time_steps if coding != "spike" else None,
-               "eval_samples": eval_samples}
-    return _summary(per_seed, run_seeds, n, details)
+    return summarize(per_seed, run_seeds, n, _coding_details(coding, eval_samples))
 
 
 # -- attack error -----------------------------------------------------------------------
@@ -289,7 +220,7 @@ def attack_error(
         raise TypeError(
             f"attack must be an snn_robust.attacks.Attack (input_kind 'digital' or 'spike'), got {attack!r}"
         )
-    coding = ("direct" if net.input_coding == "direct" else "rate") if kind == "digital" else "spike"
+    coding = image_coding(net, time_steps) if kind == "digital" else SpikeFrames()
     _check_net(net, coding)
     device = _device(net)
     eps = [float(e) for e in eps]
@@ -307,29 +238,26 @@ def attack_error(
             attack_gen, clean_gen, adv_gen = _generators(seed, device, 3)
             wrong_clean_sum = wrong_sum = 0.0
             n = 0
-            for x, y in _batches(data, batch_size, max_samples, device):
-                x_in = _time_major(x) if kind == "spike" else x
-                x_adv = atk.attack(net, x_in, y, attack_gen)
+            for x, y in _batches(data, batch_size, max_samples, device, coding):
+                x_adv = atk.attack(net, x, y, attack_gen)
                 with torch.no_grad():
-                    reps = eval_samples if coding == "rate" else 1
-                    wrong_clean = _wrong_clean(net, x, y, coding, time_steps, clean_gen, reps)
-                    adv_data = x_adv.transpose(0, 1) if kind == "spike" else x_adv
-                    wrong_adv = _wrong_clean(net, adv_data, y, coding, time_steps, adv_gen, reps)
+                    reps = eval_samples if coding.random else 1
+                    wrong_clean = _wrong_clean(net, x, y, coding, clean_gen, reps)
+                    wrong_adv = _wrong_clean(net, x_adv, y, coding, adv_gen, reps)
                 wrong_clean_sum += wrong_clean.float().mean(0).sum().item()
                 wrong_sum += (wrong_clean | wrong_adv).float().mean(0).sum().item()
                 n += y.shape[0]
                 bar.update()
             per_seed.append(wrong_sum / max(n, 1))
             clean_per_seed[seed] = wrong_clean_sum / max(n, 1)
-        results.append(_summary(per_seed, seeds, n, {"eps": e}))
+        results.append(summarize(per_seed, seeds, n, {"eps": e}))
     bar.close()
-    random_eval = coding == "rate"
-    clean = _summary(
+    random_eval = coding.random
+    clean = summarize(
         [clean_per_seed[s] for s in seeds] if random_eval else [clean_per_seed[seeds[0]]],
         seeds if random_eval else [],
         n,
-        {"coding": coding, "time_steps": time_steps if coding != "spike" else None,
-         "eval_samples": eval_samples if random_eval else 1},
+        _coding_details(coding, eval_samples if random_eval else 1),
     )
     # The attack passed in is a template: every budget in ``eps`` replaced its own eps, so the
     # record keeps its other parameters only (an 'eps' here would name a budget not run alone).
@@ -367,20 +295,17 @@ def certified_error(
     if not isinstance(perturbation, Perturbation):
         raise TypeError(f"perturbation must be an snn_robust Perturbation, got {type(perturbation).__name__}")
     _check_batch_size(batch_size)
-    coding = {DigitalLinf: "rate", SpikeL0: "spike", DirectLinf: "direct"}.get(type(perturbation))
-    if coding is None:
-        coding = "direct" if perturbation.input_coding == "direct" else "rate"
+    coding = perturbation.coding(steps)
     _check_net(net, coding)
     device = _device(net)
-    run_seeds = [] if coding == "direct" else list(seeds)
+    run_seeds = list(seeds) if perturbation.sampled else []
     per_seed, n = [], 0
     bar = _progress(progress, _total(data, batch_size, max_samples, max(1, len(run_seeds))), "certified error")
     for seed in run_seeds or [None]:
         gen = _generators(seed, device, 4)[3] if seed is not None else None
         unverified, n = 0, 0
-        for x, y in _batches(data, batch_size, max_samples, device):
-            x_in = _time_major(x) if coding == "spike" else x
-            lower, upper = perturbation.bounds(x_in, steps, gen)
+        for x, y in _batches(data, batch_size, max_samples, device, coding):
+            lower, upper = perturbation.bounds(x, steps, gen)
             with torch.no_grad():
                 margins = compute_bounds(net, lower, upper, labels=y, method=method)
             unverified += int((~(margins > 0).all(1)).sum())
@@ -390,4 +315,4 @@ def certified_error(
     bar.close()
     details = {"perturbation": type(perturbation).__name__, "eps": float(perturbation.eps), "steps": steps,
                "method": method}
-    return _summary(per_seed, run_seeds, n, details)
+    return summarize(per_seed, run_seeds, n, details)

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from .coding import Coding, DirectCoding, RateCoding, SpikeFrames, bernoulli_encode
 from .validation import check_finite, check_number, check_positive_int
 
 __all__ = ["Perturbation", "DigitalLinf", "SpikeL0", "DirectLinf", "bernoulli_encode"]
@@ -59,25 +61,37 @@ def _uniform(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def bernoulli_encode(x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-    """Rate coding (Eq. 4, 13): ``x_t = [x > rand_t]`` for ``x`` in ``[0, 1]``, ``[B, X...] -> [T, B, X...]``."""
-    _check_steps(steps)
-    check_finite(x, f"bernoulli_encode: input x {tuple(x.shape)}", "a NaN pixel would silently never spike")
-    rand = _uniform((steps, *x.shape), x, generator)
-    return (x.unsqueeze(0) > rand).to(x.dtype)
-
-
 class Perturbation:
-    """Base class of the input perturbation sets."""
+    """Base class of the input perturbation sets.
 
-    input_coding: str = "spike"
+    ``coding_type`` is the input coding (:mod:`snn_robust.coding`) the set perturbs;
+    :meth:`coding` gives it with ``steps`` steps and :meth:`encode` the clean input of a
+    forward pass through it. ``sampled``: whether the bounds depend on the generator."""
+
+    coding_type: ClassVar[type[Coding]] = RateCoding
+    #: whether :meth:`bounds` draws from its generator (sampled maps / picks)
+    sampled: ClassVar[bool] = True
     eps: float
+
+    @property
+    def input_coding(self) -> str:
+        """What the network's first layer takes (``SpikingNetwork.input_coding``)."""
+        return self.coding_type.first_layer
+
+    def coding(self, steps: int) -> Coding:
+        """This set's input coding with ``steps`` steps (``T``)."""
+        return self.coding_type(_check_steps(steps))
+
+    def _check(self, x: Tensor) -> None:
+        """Refuse an input this set cannot take (``ValueError`` / ``TypeError`` naming it)."""
 
     def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        raise NotImplementedError
+        """The clean input ``[T, B, X...]`` whose certificate :meth:`bounds` gives."""
+        self._check(x)
+        return self.coding(steps).encode(x, generator)
 
     def with_eps(self, eps: float) -> "Perturbation":
         """The same set at another radius (used by eps schedules)."""
@@ -97,7 +111,7 @@ class DigitalLinf(Perturbation):
     """
 
     eps: float
-    input_coding = "spike"
+    coding_type: ClassVar[type[Coding]] = RateCoding
 
     def __post_init__(self) -> None:
         _set_eps(self)
@@ -115,10 +129,6 @@ class DigitalLinf(Perturbation):
         lower = ((x - self.eps).unsqueeze(0) > rand).to(x.dtype)
         return lower, upper
 
-    def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        self._check(x)
-        return bernoulli_encode(x, steps, generator)
-
 
 @dataclass(frozen=True)
 class SpikeL0(Perturbation):
@@ -130,7 +140,7 @@ class SpikeL0(Perturbation):
     """
 
     eps: float
-    input_coding = "spike"
+    coding_type: ClassVar[type[Coding]] = SpikeFrames
 
     def __post_init__(self) -> None:
         _set_eps(self)
@@ -162,7 +172,7 @@ class SpikeL0(Perturbation):
         return frames.masked_fill(mask, 0.0), frames.masked_fill(mask, 1.0)
 
     def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        return self._frames(x, steps)
+        return self.coding(steps).encode(self._frames(x, steps), generator)
 
 
 @dataclass(frozen=True)
@@ -174,7 +184,8 @@ class DirectLinf(Perturbation):
     eps: float
     low: float = 0.0
     high: float = 1.0
-    input_coding = "direct"
+    coding_type: ClassVar[type[Coding]] = DirectCoding
+    sampled: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "low", check_number("DirectLinf: low", self.low))
@@ -183,8 +194,7 @@ class DirectLinf(Perturbation):
             raise ValueError(f"DirectLinf: need low < high, got {self.low} and {self.high}")
         _set_eps(self, self.high - self.low)
 
-    @staticmethod
-    def _check(x: Tensor) -> None:
+    def _check(self, x: Tensor) -> None:
         _check_tensor(x, "DirectLinf", "analog inputs [B, X...]", 2)
 
     def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -193,8 +203,3 @@ class DirectLinf(Perturbation):
         lower = (x - self.eps).clamp(self.low, self.high)
         upper = (x + self.eps).clamp(self.low, self.high)
         return lower.unsqueeze(0).expand(steps, *x.shape), upper.unsqueeze(0).expand(steps, *x.shape)
-
-    def encode(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        _check_steps(steps)
-        self._check(x)
-        return x.unsqueeze(0).expand(steps, *x.shape)
