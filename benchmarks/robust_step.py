@@ -1,18 +1,36 @@
 """Cost of one robust training step against one natural step, measured side by side.
 
-Robust step: clean forward/backward at T=10 plus ``certified_loss`` at T'=3 and its
-backward (the paper's 0.4/0.6 mix). Natural step: clean forward/backward at T=10.
-Models: the paper's MNIST FC (784-512-256-10) and CONV (C64K3S2-C128K3S2-FC256-FC10).
+Natural step: clean forward and backward at T = 10, SGD step. Robust step: the same clean
+part plus the certified loss at T' = 3 and its backward (the paper's 0.4 / 0.6 mix). Bounds
+(``--methods``): ``crown-ibp`` and ``ibp`` (``certified_loss`` on the C-1 margins) and
+``fused`` (``certified_loss(..., method="crown-ibp", fusion=True)``: one S-CROWN row,
+bounds/loss_fusion.py). Models: the paper's MNIST FC (784-512-256-10) and CONV
+(C64K3S2-C128K3S2-FC256-FC10) with random weights, and trained FC model files
+(``--weights``). Batch 64, DigitalLinf(0.12).
 
-    python benchmarks/robust_step.py [--batch 64] [--repeats 5] [--method crown-ibp] [--threads 1]
-    python benchmarks/robust_step.py --models --weights runs/mnist-fc-quick/robust/model.pt
+Timing: the two steps alternate (natural, robust, natural, ...) after one warm-up of each,
+in one process, so both see the same load; the ratio is the median of the per-pair ratios,
+the times the medians. The SGD learning rate is 0 (same work, weights unchanged, so trained
+weights stay trained while being timed).
+
+Memory (``--memory``): each step runs once in a fresh subprocess; the reported figure is
+the peak resident set during the step minus the resident set just before it
+(``getrusage`` maxrss against ``/proc/self/statm``), plus the process's peak.
+
+    python benchmarks/robust_step.py [--models fc conv] [--methods crown-ibp ibp fused]
+        [--threads 1 2] [--repeats 5] [--weights runs/h4/mnist-fc-quick-2/natural/model.pt ...]
+    python benchmarks/robust_step.py --memory [--models fc conv] [--methods ...]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +38,12 @@ import torch.nn.functional as F
 import snn_robust as sr
 from snn_robust.models import paper_model
 
+STEP_KINDS = ("crown-ibp", "ibp", "fused")
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
+
+def _time(fn: Callable[[], None], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -32,70 +53,125 @@ def _time(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
-def measure(arch: str, batch: int, repeats: int, method: str, eps: float, weights: str | None = None) -> dict:
-    torch.manual_seed(0)
-    net = paper_model(arch, "mnist")
-    if weights:  # trained weights (where few neurons are unstable the transposes shrink)
+def _network(arch: str, weights: str | None) -> sr.SpikingNetwork:
+    if weights:
         from snn_robust.recipes.pipeline import load_model
 
-        net, _ = load_model(weights)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.rand(batch, 1, 28, 28)
-    labels = torch.randint(0, 10, (batch,))
+        return load_model(weights)[0]
+    torch.manual_seed(0)
+    return paper_model(arch, "mnist")
+
+
+def steps(net: sr.SpikingNetwork, kind: str, batch: int, eps: float, tprime: int = 3) -> tuple[Callable, Callable]:
+    """``(natural, robust)`` step closures on a fixed random batch."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+    images = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1))
     pert = sr.DigitalLinf(eps)
     gen = torch.Generator().manual_seed(0)
+    method = "ibp" if kind == "ibp" else "crown-ibp"
 
-    def natural():
+    def natural() -> None:
         opt.zero_grad()
         rates = net(sr.bernoulli_encode(images, 10, gen))
         F.cross_entropy(rates * 10, labels).backward()
         opt.step()
 
-    def robust():
+    def robust() -> None:
         opt.zero_grad()
         rates = net(sr.bernoulli_encode(images, 10, gen))
         clean = F.cross_entropy(rates * 10, labels)
-        bound = sr.certified_loss(net, images, labels, pert, steps=3, method=method, generator=gen)
+        bound = sr.certified_loss(net, images, labels, pert, steps=tprime, method=method, generator=gen,
+                                  fusion=kind == "fused")
         (0.4 * clean + 0.6 * bound).backward()
         opt.step()
 
-    t_nat = _time(natural, repeats)
-    rss_nat = _peak_rss_mb()
-    t_rob = _time(robust, repeats)
-    rss_rob = _peak_rss_mb()
+    return natural, robust
+
+
+def side_by_side(natural: Callable, robust: Callable, repeats: int) -> dict:
+    """Alternate the two steps; medians and the median of the per-pair ratios."""
+    natural(), robust()  # warm-up
+    tn, tr = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        natural()
+        t1 = time.perf_counter()
+        robust()
+        t2 = time.perf_counter()
+        tn.append(t1 - t0)
+        tr.append(t2 - t1)
     return {
-        "model": arch if not weights else weights,
-        "batch": batch,
-        "method": method,
-        "natural_s": round(t_nat, 4),
-        "robust_s": round(t_rob, 4),
-        "ratio": round(t_rob / t_nat, 2),
-        "peak_rss_mb_after_natural": round(rss_nat),
-        "peak_rss_mb_after_robust": round(rss_rob),
+        "natural_s": round(_median(tn), 4),
+        "robust_s": round(_median(tr), 4),
+        "ratio": round(_median([r / n for n, r in zip(tn, tr)]), 2),
+        "ratio_min_max": [round(min(r / n for n, r in zip(tn, tr)), 2), round(max(r / n for n, r in zip(tn, tr)), 2)],
     }
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _memory_child(arch: str, weights: str | None, kind: str, which: str, batch: int, eps: float) -> None:
+    torch.set_num_threads(1)
+    net = _network(arch, weights)
+    natural, robust = steps(net, kind, batch, eps)
+    before = _rss_mb()
+    (natural if which == "natural" else robust)()
+    print(json.dumps({"step_mb": round(_peak_mb() - before, 1), "peak_mb": round(_peak_mb(), 1)}))
+
+
+def memory(arch: str, weights: str | None, kind: str, batch: int, eps: float) -> dict:
+    """Peak memory of each step, each in a fresh process."""
+    out = {}
+    for which in ("natural", "robust"):
+        cmd = [sys.executable, __file__, "--memory-child", arch, weights or "", kind, which, str(batch), str(eps)]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out[f"{which}_step_mb"], out[f"{which}_peak_mb"] = res["step_mb"], res["peak_mb"]
+    out["step_mb_ratio"] = round(out["robust_step_mb"] / out["natural_step_mb"], 2)
+    out["peak_mb_ratio"] = round(out["robust_peak_mb"] / out["natural_peak_mb"], 2)
+    return out
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        arch, weights, kind, which, batch, eps = sys.argv[2:8]
+        _memory_child(arch, weights or None, kind, which, int(batch), float(eps))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--method", default="crown-ibp", choices=sr.METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(STEP_KINDS), choices=STEP_KINDS)
     parser.add_argument("--eps", type=float, default=0.12)
-    parser.add_argument("--models", nargs="*", default=["fc", "conv"])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    parser.add_argument("--weights", nargs="*", default=[], help="model files (snn-robust train / recipes) to time instead")
+    parser.add_argument("--models", nargs="*", default=["fc", "conv"], choices=["fc", "conv"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op threads, one run each")
+    parser.add_argument("--weights", nargs="*", default=[], help="trained FC model files to time too")
+    parser.add_argument("--memory", action="store_true", help="peak memory per step (fresh subprocesses) instead of time")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    for arch in args.models:
-        print(json.dumps(measure(arch, args.batch, args.repeats, args.method, args.eps)))
-    for path in args.weights:
-        print(json.dumps(measure("fc", args.batch, args.repeats, args.method, args.eps, path)))
+    print(f"torch {torch.__version__}, load average {os.getloadavg()}")
+    cases = [(arch, None) for arch in args.models] + [("fc", w) for w in args.weights]
+    for arch, weights in cases:
+        for kind in args.methods:
+            row = {"model": weights or f"{arch} (random)", "bound": kind, "batch": args.batch}
+            if args.memory:
+                print(json.dumps({**row, **memory(arch, weights, kind, args.batch, args.eps)}), flush=True)
+                continue
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                net = _network(arch, weights)
+                timing = side_by_side(*steps(net, kind, args.batch, args.eps), args.repeats)
+                print(json.dumps({**row, "threads": threads, **timing, "load": os.getloadavg()[0]}), flush=True)
 
 
 if __name__ == "__main__":
