@@ -1,0 +1,166 @@
+"""The LIF bound recurrences through the compiled per-element code, for any launcher.
+
+Shape glossary: ``T`` steps, ``B`` batch, ``S`` specification rows, ``N...`` the neuron
+shape of one layer, ``N`` its size.
+
+A *launcher* runs one of the entry points of ``lif_kernels.cu`` / ``host_harness.cpp``
+(``ibp_forward``, ``ibp_backward``, ``crown_backward``, suffixed ``_f32`` / ``_f64``)
+over ``n`` elements: the CuPy launcher (:mod:`._cupy`) starts one CUDA thread per element,
+the host launcher (:mod:`.host`) loops over them on the CPU. Arguments are passed as a
+list of torch tensors (pointers to contiguous data) and :class:`Scalar` values. Everything
+here (argument marshalling, the autograd function) is shared by both, so the host harness
+tests exercise the same path the GPU takes.
+
+The arithmetic is the torch reference's (``bounds/ibp.py`` and ``bounds/crown.py``), see
+``lif_ops.cuh``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Scalar", "Launcher", "lif_interval", "lif_coefficients", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar kernel argument: ``kind`` is ``"i64"``, ``"i32"`` or ``"float"`` (the
+    tensors' dtype)."""
+
+    kind: str
+    value: float | int
+
+
+Launcher = Callable[[str, int, Sequence["Tensor | Scalar"]], None]
+"""``launcher(name, n, args)``: run entry point ``name`` over ``n`` elements."""
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "f32"
+    if dtype == torch.float64:
+        return "f64"
+    raise TypeError(f"CUDA LIF kernels: dtype must be float32 or float64, got {dtype}")
+
+
+def _per_neuron(value: Tensor, shape: torch.Size, like: Tensor) -> Tensor:
+    """A neuron parameter as a contiguous ``[N]`` tensor (differentiable: autograd sums the
+    gradient back to the parameter's own shape)."""
+    return value.to(like.dtype).expand(shape).reshape(-1).contiguous()
+
+
+class _Interval(torch.autograd.Function):
+    """S-IBP over the ``T`` steps of one LIF layer, forward and backward by the kernels."""
+
+    @staticmethod
+    def forward(ctx, launcher, hard, exact_points, eight_u, spl, spu, alpha, th, scale, kappa):
+        T, E, N = spl.shape[0], spl[0].numel(), alpha.numel()
+        ml, mu, err = torch.empty_like(spl), torch.empty_like(spl), torch.empty_like(spl)
+        if E:
+            launcher(
+                "ibp_forward_" + _suffix(spl.dtype), E,
+                [spl, spu, alpha, th, scale, kappa, ml, mu, err, Scalar("i64", T), Scalar("i64", E),
+                 Scalar("i64", N), Scalar("i32", int(hard)), Scalar("i32", int(exact_points)),
+                 Scalar("float", eight_u)],
+            )
+        ctx.save_for_backward(spl, spu, alpha, th, scale, kappa, ml, mu)
+        ctx.launcher, ctx.hard, ctx.exact_points = launcher, hard, exact_points
+        ctx.mark_non_differentiable(err)
+        return ml, mu, err
+
+    @staticmethod
+    def backward(ctx, gml, gmu, _gerr):
+        spl, spu, alpha, th, scale, kappa, ml, mu = ctx.saved_tensors
+        T, E, N = spl.shape[0], spl[0].numel(), alpha.numel()
+        gml = torch.zeros_like(ml) if gml is None else gml.contiguous()
+        gmu = torch.zeros_like(mu) if gmu is None else gmu.contiguous()
+        gspl, gspu = torch.empty_like(spl), torch.empty_like(spu)
+        per_elem = [torch.zeros(E, dtype=spl.dtype, device=spl.device) for _ in range(4)]
+        if E:
+            ctx.launcher(
+                "ibp_backward_" + _suffix(spl.dtype), E,
+                [spl, spu, alpha, th, scale, kappa, ml, mu, gml, gmu, gspl, gspu, *per_elem,
+                 Scalar("i64", T), Scalar("i64", E), Scalar("i64", N), Scalar("i32", int(ctx.hard)),
+                 Scalar("i32", int(ctx.exact_points))],
+            )
+        ga, gth, gs, gk = (g.reshape(-1, N).sum(0) for g in per_elem)
+        return None, None, None, None, gspl, gspu, ga, gth, gs, gk
+
+
+def lif_interval(
+    launcher: Launcher, spl: Tensor, spu: Tensor, alpha: Tensor, th: Tensor, scale: Tensor, kappa: Tensor,
+    hard: bool, exact_points: bool, u: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """S-IBP through one LIF layer over ``T`` steps (``bounds/ibp.py``'s LIF loop).
+
+    ``spl``, ``spu`` ``[T, B, N...]`` bound the spatial input; ``alpha``, ``th``, ``scale``
+    and ``kappa`` broadcast to ``N...``. Returns the membrane bounds ``ml``, ``mu`` and the
+    charge's rounding-error bound ``err`` (``8 u ((1 + scale)|sp| + (2 + alpha + scale)|v|)``,
+    0 at exact points; no gradient), all ``[T, B, N...]``. Differentiable in ``spl``,
+    ``spu`` and the four parameters (the backward is a kernel too)."""
+    if spl.dim() < 3 or spl.shape != spu.shape:
+        raise ValueError(
+            f"lif_interval: spl and spu must both be [T, B, N...] of one shape, got {tuple(spl.shape)} and "
+            f"{tuple(spu.shape)}"
+        )
+    shape = spl.shape[2:]
+    spl, spu = spl.contiguous(), spu.contiguous()
+    params = [_per_neuron(p, shape, spl) for p in (alpha, th, scale, kappa)]
+    eight_u = 8 * u
+    return _Interval.apply(launcher, bool(hard), bool(exact_points), eight_u, spl, spu, *params)
+
+
+def lif_coefficients(
+    launcher: Launcher,
+    A: Tensor,
+    fire: Sequence[Tensor | None],
+    reset: Sequence[Tensor | None],
+    scale: Tensor | None,
+    charge_err: Tensor | None,
+    hard: bool,
+) -> tuple[Tensor, Tensor]:
+    """S-CROWN's backward step through one LIF layer (``bounds/crown.py``'s time loop).
+
+    ``A`` ``[T, B, S, N]``: coefficients on the layer's spikes. ``fire``: the lines
+    ``(f_d, f_dd, f_b, f_db)`` of the fire relaxation, ``[T, B, N]`` each, "upper" and
+    "lower - upper" (``None`` for a difference that vanishes). ``reset``: for a hard reset
+    the planes ``(r_a, r_da, r_b, r_db, r_c, r_dc)`` with ``alpha`` folded in, ``[T, B, N]``;
+    for a soft reset ``(alpha, drop)`` per neuron ``[N]`` (``drop = -kappa th``).
+    ``scale``: ``[N]``, or ``None`` for a unit scale. ``charge_err``: ``[T, B, N...]`` or
+    ``None``. Returns the coefficients on the spatial input (times ``scale``)
+    ``[T, B, S, N]`` and the bias ``[B, S]``. Not differentiable (used where no gradient
+    is needed: certification)."""
+    if A.dim() != 4:
+        raise ValueError(f"lif_coefficients: A must be [T, B, S, N], got shape {tuple(A.shape)}")
+    T, B, S, N = A.shape
+    A = A.contiguous()
+
+    def dense(x: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+        if x is None:
+            return A.new_zeros(shape)
+        return x.detach().to(A.dtype).expand(shape).contiguous()
+
+    rel = (T, B, N)
+    lines = [dense(x, rel) for x in fire]
+    if hard:
+        planes = [dense(x, rel) for x in reset]
+    else:
+        alpha, drop = (dense(x, (N,)) for x in reset)
+        planes = [alpha, alpha, drop, drop, alpha, alpha]  # only ra and rb are read for a soft reset
+    unit = scale is None
+    scale_n = A.new_ones(N) if unit else dense(scale, (N,))
+    ce = dense(None if charge_err is None else charge_err.reshape(T, B, N), rel)
+    lam = torch.empty_like(A)
+    bias = A.new_zeros(B, S, N)
+    if A.numel():
+        launcher(
+            "crown_backward_" + _suffix(A.dtype), A[0].numel(),
+            [A, *lines, *planes, scale_n, ce, lam, bias, Scalar("i64", T), Scalar("i64", B), Scalar("i64", S),
+             Scalar("i64", N), Scalar("i32", int(hard)), Scalar("i32", int(unit))],
+        )
+    return lam, bias.sum(-1)

@@ -1,0 +1,34 @@
+// Host harness: the CUDA kernels' per-element code (lif_ops.cuh) looped over the elements
+// on the CPU, as a shared library for ctypes. The tests compare its output bit for bit
+// with the torch reference, so the kernels' arithmetic is checked on machines without a
+// GPU. Build: g++ -O2 -ffp-contract=off -shared -fPIC host_harness.cpp -o harness.so
+// (snn_robust.kernels.host.build_harness does this).
+#include "lif_ops.cuh"
+
+#define SNNR_HOST(F, SUFFIX)                                                                                          \
+    extern "C" void ibp_forward_##SUFFIX(const F* spl, const F* spu, const F* alpha, const F* th, const F* scale,    \
+                                         const F* kappa, F* ml, F* mu, F* err, long long T, long long E, long long N, \
+                                         int hard, int exact_points, F eight_u) {                                    \
+        for (long long e = 0; e < E; ++e)                                                                            \
+            snnr::ibp_forward_element<F>(e, spl, spu, alpha, th, scale, kappa, ml, mu, err, T, E, N, hard,          \
+                                         exact_points, eight_u);                                                     \
+    }                                                                                                                \
+    extern "C" void ibp_backward_##SUFFIX(const F* spl, const F* spu, const F* alpha, const F* th, const F* scale,   \
+                                          const F* kappa, const F* ml, const F* mu, const F* gml, const F* gmu,       \
+                                          F* gspl, F* gspu, F* galpha, F* gth, F* gscale, F* gkappa, long long T,     \
+                                          long long E, long long N, int hard, int exact_points) {                    \
+        for (long long e = 0; e < E; ++e)                                                                            \
+            snnr::ibp_backward_element<F>(e, spl, spu, alpha, th, scale, kappa, ml, mu, gml, gmu, gspl, gspu,       \
+                                          galpha, gth, gscale, gkappa, T, E, N, hard, exact_points);                 \
+    }                                                                                                                \
+    extern "C" void crown_backward_##SUFFIX(const F* A, const F* fd, const F* fdd, const F* fb, const F* fdb,       \
+                                            const F* ra, const F* rda, const F* rb, const F* rdb, const F* rc,       \
+                                            const F* rdc, const F* scale, const F* ce, F* lam, F* bias, long long T, \
+                                            long long B, long long S, long long N, int hard, int unit_scale) {      \
+        for (long long e = 0; e < B * S * N; ++e)                                                                    \
+            snnr::crown_backward_element<F>(e, A, fd, fdd, fb, fdb, ra, rda, rb, rdb, rc, rdc, scale, ce, lam, bias, \
+                                            T, B, S, N, hard, unit_scale);                                           \
+    }
+
+SNNR_HOST(float, f32)
+SNNR_HOST(double, f64)
