@@ -17,14 +17,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["is_correct", "ErrorResult", "AttackResult", "summarize"]
+__all__ = ["is_correct", "label_and_runner_up", "ErrorResult", "AttackResult", "summarize"]
+
+
+def label_and_runner_up(rates: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rates[b, y_b], max_{j != y_b} rates[b, j])``, each ``[B]``."""
+    ry = rates.gather(1, labels[:, None]).squeeze(1)
+    others = rates.scatter(1, labels[:, None], float("-inf"))
+    return ry, others.amax(1)
 
 
 def is_correct(rates: Tensor, labels: Tensor) -> Tensor:
     """``[B]`` bool: ``rates[b, y_b] > rates[b, j]`` for every ``j != y_b`` (ties are errors)."""
-    ry = rates.gather(1, labels[:, None]).squeeze(1)
-    others = rates.scatter(1, labels[:, None], float("-inf"))
-    return ry > others.amax(1)
+    ry, runner_up = label_and_runner_up(rates, labels)
+    return ry > runner_up
 
 
 @dataclass
