@@ -1,4 +1,6 @@
-"""SHA-256 and size of every N-MNIST recording of the small real subset that snn-robust is
+"""Longer than 400 lines because it is data, not code: one line per recording of the table below.
+
+SHA-256 and size of every N-MNIST recording of the small real subset that snn-robust is
 developed and tested with (``../shared/data/nmnist-small``: 1000 Train + 100 Test recordings
 from the official release, event bytes unchanged; see its README).
 

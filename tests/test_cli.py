@@ -107,8 +107,8 @@ def test_recipe_out_that_is_a_file_is_refused(tmp_path, capsys):
 def test_missing_dataset_is_one_line(tmp_path, capsys, monkeypatch):
     from snn_robust import data
 
-    monkeypatch.setattr(data, "_SOURCES", {name: (lambda spec, tmp: (_ for _ in ()).throw(RuntimeError("offline")))
-                                            for name in data._SOURCES})
+    monkeypatch.setattr(data.fetching, "_SOURCES", {name: (lambda spec, tmp: (_ for _ in ()).throw(RuntimeError("offline")))
+                                            for name in data.fetching._SOURCES})
     assert cli.main(["-q", "train", "--dataset", "mnist", "--arch", "fc", "--out", str(tmp_path / "m.pt"),
                      "--data-root", str(tmp_path)]) == 2
     assert "MNIST" in one_error_line(capsys)

@@ -18,7 +18,7 @@ def no_fetch(monkeypatch):
     def offline(spec, tmp):
         raise RuntimeError("offline (test)")
 
-    monkeypatch.setattr(data, "_SOURCES", {name: offline for name in data._SOURCES})
+    monkeypatch.setattr(data.fetching, "_SOURCES", {name: offline for name in data.fetching._SOURCES})
 
 
 def one_error_line(capsys) -> str:

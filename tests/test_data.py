@@ -48,7 +48,7 @@ def no_fetch(monkeypatch):
     def offline(spec, tmp):
         raise RuntimeError("offline (test)")
 
-    monkeypatch.setattr(data, "_SOURCES", {name: offline for name in data._SOURCES})
+    monkeypatch.setattr(data.fetching, "_SOURCES", {name: offline for name in data.fetching._SOURCES})
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_fetch_fmnist_from_installed_debian_folder(tmp_path, write_idx, monkeypa
     arrays = make_idx_arrays(6)
     installed = tmp_path / "usr" / "share" / "datasets" / "fashion-mnist"
     sums = write_idx_folder(write_idx, installed, arrays, gz=True)
-    monkeypatch.setattr(data, "DEBIAN_FMNIST_DIR", installed)
+    monkeypatch.setattr(data.fetching, "DEBIAN_FMNIST_DIR", installed)
     monkeypatch.setitem(data.CHECKSUMS, "fmnist", sums)
 
     data.fetch("fmnist", tmp_path / "root", sources=("debian",))
@@ -248,7 +248,7 @@ def test_fetch_fmnist_through_apt_get_download_and_dpkg(tmp_path, write_idx, mon
     _fake_tool(bin_dir, "apt-get", f'[ "$1" = download ] && : > "$2_0.0-1_all.deb"\n')
     _fake_tool(bin_dir, "dpkg", f'[ "$1" = -x ] && mkdir -p "$3/{rel}" && cp "{payload}"/*.gz "$3/{rel}/"\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(data, "DEBIAN_FMNIST_DIR", not_installed)
+    monkeypatch.setattr(data.fetching, "DEBIAN_FMNIST_DIR", not_installed)
     monkeypatch.setitem(data.CHECKSUMS, "fmnist", sums)
 
     raw = data.fetch("fmnist", tmp_path / "root", sources=("debian",))
@@ -292,7 +292,7 @@ def test_nmnist_reads_large_timestamps_and_first_saccade_only(tmp_path, write_nm
 def test_nmnist_indexes_labels_in_order_and_caches(tmp_path, write_nmnist_bin):
     for label, ident in [(2, 10), (0, 3), (2, 9), (9, 1)]:
         write_nmnist_bin(tmp_path / "NMNIST" / "Train" / str(label) / f"{ident}.bin", [(1, 1, 0, 0), (2, 2, 99, 1)])
-    ds = data.nmnist(tmp_path, train=True, steps=4, fallback=False)
+    ds = data.nmnist(tmp_path, train=True, steps=4)
     assert ds.root == tmp_path / "NMNIST"
     assert [p.name for p in ds.files] == ["3.bin", "9.bin", "10.bin", "1.bin"]
     assert ds.targets.tolist() == [0, 2, 2, 9]
@@ -310,9 +310,25 @@ def test_nmnist_rejects_corrupted_file(tmp_path, write_nmnist_bin):
 
 def test_nmnist_missing_gives_documented_error(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match=r"NMNIST/Train/<label>/<id>\.bin"):
-        data.nmnist(tmp_path, train=True, fallback=False)
+        data.nmnist(tmp_path, train=True)
     with pytest.raises(ValueError, match="steps"):
         data.NMNISTFrames(tmp_path, steps=0)
+
+
+def test_nmnist_is_found_under_the_data_root_only(tmp_path, write_nmnist_bin, monkeypatch):
+    """The data root is configuration: a subset in ``../shared/data`` beside the working
+    folder is not searched, and is found once the root (argument or env var) names it."""
+    shared = tmp_path / "shared" / "data"
+    write_nmnist_bin(shared / "nmnist-small" / "Test" / "3" / "1.bin", [(1, 1, 0, 0), (2, 2, 10, 1)])
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+    with pytest.raises(data.DatasetNotFoundError, match="looked in: data, "):
+        data.locate_nmnist(train=False)
+    assert data.locate_nmnist(shared, train=False) == shared / "nmnist-small"
+    monkeypatch.setenv(data.DATA_ROOT_ENV, str(shared))
+    assert data.nmnist(train=False, steps=2).targets.tolist() == [3]
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,14 +390,14 @@ def test_debian_source_refreshes_package_lists_once_as_root(tmp_path, write_idx,
     )
     _fake_tool(bin_dir, "dpkg", f'mkdir -p "$3/{rel}" && cp "{payload}"/*.gz "$3/{rel}/"\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(data, "DEBIAN_FMNIST_DIR", not_installed)
+    monkeypatch.setattr(data.fetching, "DEBIAN_FMNIST_DIR", not_installed)
     monkeypatch.setitem(data.CHECKSUMS, "fmnist", sums)
 
-    monkeypatch.setattr(data.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(data.fetching.os, "geteuid", lambda: 1000)
     with pytest.raises(data.DatasetNotFoundError, match="Unable to locate package"):
         data.fetch("fmnist", tmp_path / "root", sources=("debian",))
     assert not marker.exists()
 
-    monkeypatch.setattr(data.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(data.fetching.os, "geteuid", lambda: 0)
     data.fetch("fmnist", tmp_path / "root", sources=("debian",))
     assert marker.exists()

@@ -300,7 +300,7 @@ def known_recording(tmp_path, write_nmnist_bin, monkeypatch):
     path = write_nmnist_bin(tmp_path / "NMNIST" / "Train" / "7" / "00042.bin",
                             [(x, (3 * x) % 34, 1000 * x, x % 2) for x in range(30)])
     content = path.read_bytes()
-    monkeypatch.setattr(data, "_known_recordings",
+    monkeypatch.setattr(data.nmnist_frames, "_known_recordings",
                         lambda: {"Train/7/00042.bin": (len(content), hashlib.sha256(content).hexdigest())})
     return path
 
