@@ -27,6 +27,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from snn_robust.datasets import dataset_spec
+
 __all__ = [
     "PROFILES",
     "QUICK_REDUCTIONS",
@@ -128,8 +130,9 @@ class Recipe:
 
     @property
     def coding(self) -> str:
-        """``"spike"`` for event data (N-MNIST), ``"rate"`` for Bernoulli-coded images."""
-        return "spike" if self.dataset == "nmnist" else "rate"
+        """``"spike"`` for event data (N-MNIST), ``"rate"`` for Bernoulli-coded images
+        (:class:`snn_robust.datasets.DatasetSpec`)."""
+        return dataset_spec(self.dataset).coding
 
     def arch_for(self, profile: "Profile") -> Arch:
         if self.cpu_arch is not None and profile.name != "paper":

@@ -22,8 +22,11 @@ A ``"tprime"`` recipe (Figure 4) trains one robust model per T' (``robust-t<T'>`
 same natural model and evaluates clean error, the S-CROWN loss on test samples and time per
 epoch.
 
-Model files (``model.pt``) are the same format the CLI's ``train`` / ``robust-train`` write
-and ``attack`` / ``certify`` read: see :func:`save_model` / :func:`load_model`.
+The library pieces a stage uses live in snn_robust: the training stage and model files
+(:mod:`snn_robust.stages`, :mod:`snn_robust.modelfile`; the format the CLI's ``train`` /
+``robust-train`` write and ``attack`` / ``certify`` read), datasets by name with their
+perturbation sets and attacks (:mod:`snn_robust.datasets`), provenance records
+(:mod:`snn_robust.provenance`). Their names are importable from here too, as before.
 """
 from __future__ import annotations
 
@@ -31,7 +34,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +43,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from snn_robust import DigitalLinf, SpikeL0, compute_bounds, distributed
+from snn_robust import DigitalLinf, compute_bounds, distributed
+from snn_robust.datasets import attack_errors, attack_names, load_test_set, load_train_set, make_attack, perturbation_for
+from snn_robust.fileio import read_json, read_jsonl, write_json
 from snn_robust.loss import bound_logits
+from snn_robust.modelfile import MODEL_FORMAT, ModelFileError, load_model, save_model
 from snn_robust.models import paper_model
 from snn_robust.network import SpikingNetwork
 from snn_robust.perturbations import Perturbation
-from snn_robust.validation import non_finite_names
 from snn_robust.progress import format_duration
-from snn_robust.fileio import DamagedFileError, atomic_write_text, read_checked
-from snn_robust.training import NonFiniteError, TrainConfig, atomic_save, fit, non_finite_parameters
+from snn_robust.provenance import environment, hardware
+from snn_robust.stages import train_and_save
+from snn_robust.training import TrainConfig
 
 from .configs import Profile, Recipe
 
@@ -81,198 +86,7 @@ class RecipeConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Environment
-
-
-def environment() -> dict[str, str]:
-    """Versions of Python and of the packages that decide the numbers."""
-    import numpy as np
-
-    import snn_robust
-
-    out = {"python": platform.python_version(), "snn_robust": snn_robust.__version__,
-           "torch": str(torch.__version__), "numpy": str(np.__version__)}
-    for name in ("torchvision", "tonic", "matplotlib", "snntorch", "spikingjelly"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:  # not installed
-            pass
-    return out
-
-
-def hardware(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """CPU model, core and thread counts, and the GPU's name when one is used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.device(device)
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(dev), "gpu": gpu, "platform": platform.platform()}
-
-
-# --------------------------------------------------------------------------------------------
-# Model files
-
-
-class ModelFileError(ValueError):
-    """A model file cannot be used: damaged, not plain data, not an snn-robust model, or
-    holding non-finite weights. The message names the file."""
-
-
-def save_model(path: str | os.PathLike[str], net: SpikingNetwork, *, arch: str, dataset: str,
-               **meta: Any) -> Path:
-    """Write a model file that :func:`load_model` (and the CLI) can rebuild: the paper
-    architecture and dataset, the weights, and any JSON-able ``meta`` (training config,
-    perturbation, environment), as plain data with a SHA-256 (:func:`atomic_save`).
-    Refuses (``NonFiniteError``) a network with NaN or infinite weights. Under several
-    processes only rank 0 writes (the others return ``path`` without writing)."""
-    bad = non_finite_parameters(net)
-    if bad:
-        raise NonFiniteError(f"refusing to save {path}: non-finite weights in {', '.join(bad)}")
-    if not distributed.is_main():
-        return Path(path)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    return atomic_save({"format": MODEL_FORMAT, "arch": arch, "dataset": dataset, "state_dict": state,
-                        "meta": meta, "environment": environment()}, path)
-
-
-def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[SpikingNetwork, dict[str, Any]]:
-    """Rebuild a network saved by :func:`save_model`; returns ``(net, info)`` where ``info``
-    holds ``arch``, ``dataset`` and ``meta``.
-
-    The file is read with ``torch.load(weights_only=True)`` (nothing in it can run code) and
-    its SHA-256 is verified; model files from before checksums are read with a warning.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ModelFileError: damaged, hostile or foreign file, or non-finite weights.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"model file {p} does not exist")
-    try:
-        ck, verified = read_checked(p)
-    except DamagedFileError as exc:
-        raise ModelFileError(f"not a readable model file: {exc}") from None
-    if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{p} is not an snn-robust model file (expected format {MODEL_FORMAT!r}; "
-                             "make one with 'snn-robust train' or 'snn-robust robust-train')")
-    if not verified:
-        log.warning("%s carries no checksum (written by an older version); its integrity is not verified", p)
-    state = ck.get("state_dict")
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ModelFileError(f"{p} is damaged: its weights are missing or not tensors")
-    bad = non_finite_names(state.items())
-    if bad:
-        raise ModelFileError(f"{p} holds non-finite weights in {', '.join(bad)}; it was refused")
-    try:
-        net = paper_model(ck["arch"], ck["dataset"])
-        net.load_state_dict(state)
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelFileError(f"{p} does not match its architecture record ({reason})") from None
-    net.to(device).eval()
-    return net, {"arch": ck["arch"], "dataset": ck["dataset"], "meta": ck.get("meta", {})}
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-
-
-def _load_split(dataset: str, root: Any, train: bool, verify: bool, steps: int = 10) -> Any:
-    from snn_robust import data
-
-    if dataset == "nmnist":
-        return data.nmnist(root, train=train, steps=steps, verify=verify)
-    load = data.mnist if dataset == "mnist" else data.fashion_mnist
-    return load(root, train=train, verify=verify)
-
-
-def load_train_set(dataset: str, n: int | None, root: Any = None, verify: bool = True, seed: int = 0) -> Any:
-    """The training set, or a stratified subset of ``n`` samples (seed ``seed``)."""
-    from snn_robust.data import stratified_split
-
-    full = _load_split(dataset, root, True, verify)
-    if n is None or n >= len(full):
-        return full
-    return stratified_split(full, n, seed=seed)[0]
-
-
-def load_test_set(dataset: str, n: int, root: Any = None, verify: bool = True, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``n`` test samples (stratified, seed ``seed``; all when the split is smaller) as
-    tensors: images ``[N, C, H, W]`` or sample-major frames ``[N, T, 2, 34, 34]``, labels ``[N]``."""
-    from snn_robust.data import stratified_split
-
-    full = _load_split(dataset, root, False, verify)
-    indices = list(range(len(full))) if n >= len(full) else list(stratified_split(full, n, seed=seed)[0].indices)
-    if hasattr(full, "tensors"):
-        x, y = full.tensors()
-        idx = torch.tensor(indices, dtype=torch.long)
-        return x[idx], y[idx]
-    items = [full[i] for i in indices]
-    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items], dtype=torch.long)
-
-
-def _to_time_major(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    return x.transpose(0, 1), y
-
-
-# --------------------------------------------------------------------------------------------
-# Perturbations and attacks
-
-
-def perturbation_for(dataset: str, eps: float) -> Perturbation:
-    """``SpikeL0`` for event data (N-MNIST), ``DigitalLinf`` for images."""
-    return SpikeL0(eps) if dataset == "nmnist" else DigitalLinf(eps)
-
-
-def attack_names(dataset: str) -> dict[str, str]:
-    """Attack name -> role (``"paper"`` or ``"reference"``) for a dataset."""
-    if dataset == "nmnist":
-        return {"spike-compatible": "paper", "greedy-flip": "reference"}
-    return {"spike-compatible": "paper", "eot-pgd": "reference"}
-
-
-def make_attack(name: str, eps: float, *, dataset: str, arch: str, iters: int, eot_samples: int = 2) -> Any:
-    """The attack ``name`` at budget ``eps``. Spike inputs: the paper's per-iteration limit is
-    ``eps / 2`` of the elements (FC) or ``eps / 6`` (CONV), Section 4.1."""
-    from snn_robust import attacks
-
-    if name == "spike-compatible":
-        if dataset == "nmnist":
-            return attacks.SpikeCompatibleAttack(eps, n_iter=iters, iter_fraction=eps / 2 if arch == "fc" else eps / 6)
-        return attacks.SpikeCompatibleDigitalAttack(eps, n_iter=iters)
-    if name == "eot-pgd":
-        return attacks.EOTPGD(eps, n_iter=iters, samples=eot_samples)
-    if name == "greedy-flip":
-        return attacks.GreedyFlip(eps, n_iter=iters)
-    raise ValueError(f"unknown attack {name!r}; expected spike-compatible, eot-pgd or greedy-flip")
-
-
-def attack_errors(net: SpikingNetwork, data: tuple[Tensor, Tensor], name: str, eps_list: list[float], *,
-                  dataset: str, arch: str, iters: int, eot_samples: int, seeds: tuple[int, ...],
-                  batch_size: int, max_samples: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Attack error at each eps (one attack object per eps, so parameters derived from eps
-    follow it). Returns ``{"attack", "eps", "errors", "clean"}`` (ErrorResult dicts)."""
-    from snn_robust.evaluate import attack_error
-
-    errors, clean, config = [], None, None
-    for e in eps_list:
-        atk = make_attack(name, e, dataset=dataset, arch=arch, iters=iters, eot_samples=eot_samples)
-        res = attack_error(net, data, atk, [e], seeds=seeds, batch_size=batch_size, max_samples=max_samples,
-                           progress=progress)
-        errors.append(res.errors[0].to_dict())
-        clean = res.clean.to_dict()
-        config = res.attack
-    return {"attack": config, "eps": [float(e) for e in eps_list], "errors": errors, "clean": clean}
+# eps search
 
 
 def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], hi: float, iters: int,
@@ -322,7 +136,7 @@ def search_eps(error_at: Callable[[float], float], targets: tuple[float, ...], h
 
 def _write_json(path: Path, obj: Any) -> None:
     if distributed.is_main():  # several processes (torchrun): rank 0 alone writes the run folder
-        atomic_write_text(path, json.dumps(obj, indent=2))
+        write_json(path, obj)
 
 
 @dataclass
@@ -406,7 +220,7 @@ class RecipeRun:
         # under torchrun rank 0 decides, so that every rank runs the same stages (training and
         # the sharded evaluations are collective)
         if distributed.broadcast_object(result_file.exists() and marker.exists()):
-            info = _read_json(marker, f"delete it to redo stage {name}")
+            info = read_json(marker, f"delete it to redo stage {name}")
             if name not in self.stages:  # a stage that ran in this invocation stays "ran"
                 self.stages[name] = {"status": "cached", "wall_s": info.get("wall_s"), "file": str(result_file)}
                 if "training_s" in info:
@@ -420,7 +234,7 @@ class RecipeRun:
         wall = time.perf_counter() - t0
         if model:
             if distributed.is_main():
-                rows = _read_jsonl(result_file.parent / "metrics.jsonl")
+                rows = read_jsonl(result_file.parent / "metrics.jsonl")
                 # fit's own clock spans every resumption; wall_s only this invocation's part
                 _write_json(marker, {"stage": name, "wall_s": wall, "training_s": rows[-1]["time"] if rows else None})
             # under torchrun every rank trains (fit is collective), then all read rank 0's files;
@@ -542,15 +356,15 @@ class RecipeRun:
                     f"(confidence {p.coding_confidence}, {p.ball_method}, T' = {min(p.certify_steps)}, {n} samples)")
         return "S-CROWN bound loss on the test samples"
 
-    def _fit(self, folder: Path, net: SpikingNetwork, config: TrainConfig, perturbation: Perturbation) -> None:
-        c = self.c
-        n = len(self.train_set())
-        total = config.epochs * math.ceil(n / config.batch_size)
-        fit(net, self.train_set(), perturbation, config, run_dir=folder, resume=True,
-            log_every=max(1, total // max(1, c.profile.log_points)), device=c.device, progress=c.progress,
-            batch_transform=_to_time_major if c.recipe.dataset == "nmnist" else None)
-
     # -- training stages ----------------------------------------------------------------------
+    def _train_and_save(self, path: Path, net: SpikingNetwork, config: TrainConfig, **meta: Any) -> None:
+        """The library's training stage (:func:`snn_robust.stages.train_and_save`, as the
+        CLI's train commands), checkpointing in the model file's folder."""
+        c = self.c
+        train_and_save(path, net, arch=c.arch, dataset=c.recipe.dataset, train_set=self.train_set(), config=config,
+                       run_dir=path.parent, device=c.device, progress=c.progress, log_points=c.profile.log_points,
+                       recipe=c.recipe.name, profile=c.profile.name, **meta)
+
     def natural_model(self) -> SpikingNetwork:
         c = self.c
         path = c.out / "natural" / "model.pt"
@@ -558,11 +372,7 @@ class RecipeRun:
         def train() -> None:
             torch.manual_seed(c.seed)
             net = paper_model(c.arch, c.recipe.dataset)
-            cfg = self.natural_config()
-            pert = perturbation_for(c.recipe.dataset, 0.0)
-            self._fit(path.parent, net, cfg, pert)
-            save_model(path, net, arch=c.arch, dataset=c.recipe.dataset, train_config=cfg.to_dict(),
-                       perturbation=repr(pert), recipe=c.recipe.name, profile=c.profile.name)
+            self._train_and_save(path, net, self.natural_config())
 
         self._stage("natural", path, train, model=True)
         return self._stage_model("natural", path)
@@ -581,11 +391,8 @@ class RecipeRun:
         def train() -> None:
             net = self.natural_model()
             net.train()
-            cfg = self.robust_config(bound_steps)
-            self._fit(path.parent, net, cfg, self.perturbation)
-            save_model(path, net, arch=c.arch, dataset=c.recipe.dataset, train_config=cfg.to_dict(),
-                       perturbation=repr(self.perturbation), recipe=c.recipe.name, profile=c.profile.name,
-                       initialised_from=str(c.out / "natural" / "model.pt"))
+            self._train_and_save(path, net, self.robust_config(bound_steps),
+                                 initialised_from=str(c.out / "natural" / "model.pt"))
 
         self._stage(tag, path, train, model=True)
         return self._stage_model(tag, path)
@@ -727,7 +534,7 @@ class RecipeRun:
         cfg = self.config()
         path = self.c.out / "config.json"
         if path.exists():
-            saved = _read_json(path, "delete it (the stages' files are kept) or use another --out folder").get("config")
+            saved = read_json(path, "delete it (the stages' files are kept) or use another --out folder").get("config")
             if _comparable(saved) != _comparable(json.loads(json.dumps(cfg)), like=saved):
                 raise RecipeConfigError(
                     f"{self.c.out} holds a run with a different configuration (recipe, profile or seed); "
@@ -790,7 +597,7 @@ class RecipeRun:
         for t in self.c.recipe.tprimes:
             tag = f"robust-t{t}"
             net = self.robust_model(tag, bound_steps=t)
-            metrics = _read_jsonl(self.c.out / tag / "metrics.jsonl")
+            metrics = read_jsonl(self.c.out / tag / "metrics.jsonl")
             times = [r["time"] for r in metrics]
             per_epoch = [b - a for a, b in zip([0.0] + times[:-1], times)]
             models[tag] = {
@@ -826,24 +633,6 @@ def _comparable(cfg: Any, like: Any = None) -> Any:
                 if key not in saved:
                     out["profile"].pop(key, None)
     return out
-
-
-def _read_json(path: Path, fix: str) -> dict[str, Any]:
-    """A JSON object from a run folder; a damaged file is a ``DamagedFileError`` saying ``fix``
-    (files are written atomically, so damage comes from outside the pipeline)."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DamagedFileError(f"{path} is damaged ({exc}); {fix}") from None
-    if not isinstance(obj, dict):
-        raise DamagedFileError(f"{path} is damaged (not a JSON object); {fix}")
-    return obj
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_recipe(recipe: Recipe, profile: Profile, out: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:

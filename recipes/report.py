@@ -11,12 +11,11 @@ Plots (PNG, in the run folder):
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from snn_robust.fileio import atomic_write_text
+from snn_robust.fileio import atomic_write_text, read_jsonl, write_json
 
 __all__ = ["PLOTS", "write_report"]
 
@@ -33,12 +32,6 @@ def _pm(r: dict[str, Any]) -> str:
     if len(r.get("per_seed", [])) > 1:
         s += f" ± {100 * r['std']:.1f}"
     return s
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _plt() -> Any:
@@ -223,7 +216,7 @@ def _tprime_md(results: dict[str, Any]) -> list[str]:
 # -- plots ---------------------------------------------------------------------------------
 def _plot_training(out: Path, path: Path) -> None:
     plt = _plt()
-    rows = _read_jsonl(out / "robust" / "steps.jsonl") or _read_jsonl(out / "robust" / "metrics.jsonl")
+    rows = read_jsonl(out / "robust" / "steps.jsonl") or read_jsonl(out / "robust" / "metrics.jsonl")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     x = [r["step"] for r in rows]
     panels = [("clean_acc", "clean accuracy (training batches)", 1.0, "accuracy (share of the batch)"),
@@ -278,7 +271,7 @@ def _plot_tprime(results: dict[str, Any], out: Path, path: Path) -> None:
     for tag, m in results["models"].items():
         if "tprime" not in m:
             continue
-        rows = _read_jsonl(out / tag / "steps.jsonl")
+        rows = read_jsonl(out / tag / "steps.jsonl")
         x = [r["step"] for r in rows]
         axes[0].plot(x, [r.get("clean_acc") for r in rows], marker=".", label=f"T'={m['tprime']}")
         axes[1].plot(x, [r.get("bound_loss") for r in rows], marker=".", label=f"T'={m['tprime']}")
@@ -305,7 +298,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> dict[s
     out = Path(out)
     kind = results["config"]["recipe"]["kind"]
     files = {"results.json": out / "results.json", "results.md": out / "results.md"}
-    atomic_write_text(files["results.json"], json.dumps(results, indent=2))
+    write_json(files["results.json"], results)
     if kind == "table":
         _plot_training(out, out / "training_curves.png")
         _plot_attacks(results, out / "attack_vs_eps.png")

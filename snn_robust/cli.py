@@ -198,7 +198,7 @@ def _data_root(args: argparse.Namespace) -> Path | None:
 
 
 def _load_model_arg(path: str, device: Any) -> tuple[Any, dict[str, Any]]:
-    from .recipes.pipeline import load_model
+    from .modelfile import load_model
 
     try:
         return load_model(path, device)
@@ -266,9 +266,10 @@ def _say(text: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .datasets import load_train_set
     from .models import paper_model
-    from .recipes.pipeline import load_train_set, perturbation_for, save_model
-    from .training import TrainConfig, fit
+    from .stages import train_and_save
+    from .training import TrainConfig
 
     device = _join_processes(resolve_device(args.device))
     seed_everything(args.seed)
@@ -277,19 +278,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.natural(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                               lr=args.lr, lr_milestones=tuple(args.lr_milestones), seed=args.seed)
     net = paper_model(args.arch, args.dataset)
-    pert = perturbation_for(args.dataset, 0.0)
     run_dir = out.with_name(out.stem + "_run")
-    fit(net, train, pert, cfg, run_dir=run_dir, resume=True, device=device, progress=not args.quiet,
-        log_every=max(1, args.epochs * math.ceil(len(train) / args.batch_size) // 50),
-        batch_transform=(lambda x, y: (x.transpose(0, 1), y)) if args.dataset == "nmnist" else None)
-    save_model(out, net, arch=args.arch, dataset=args.dataset, train_config=cfg.to_dict(), perturbation=repr(pert))
+    train_and_save(out, net, arch=args.arch, dataset=args.dataset, train_set=train, config=cfg, run_dir=run_dir,
+                   device=device, progress=not args.quiet)
     _say(f"saved {out} (metrics and checkpoint in {run_dir})")
     return 0
 
 
 def _cmd_robust_train(args: argparse.Namespace) -> int:
-    from .recipes.pipeline import load_train_set, perturbation_for, save_model
-    from .training import TrainConfig, fit
+    from .datasets import load_train_set
+    from .stages import train_and_save
+    from .training import TrainConfig
 
     device = _join_processes(resolve_device(args.device))
     seed_everything(args.seed)
@@ -306,14 +305,10 @@ def _cmd_robust_train(args: argparse.Namespace) -> int:
         cfg = base(args.eps, **over)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    pert = perturbation_for(info["dataset"], args.eps)
     run_dir = out.with_name(out.stem + "_run")
     net.train()
-    fit(net, train, pert, cfg, run_dir=run_dir, resume=True, device=device, progress=not args.quiet,
-        log_every=max(1, cfg.epochs * math.ceil(len(train) / cfg.batch_size) // 50),
-        batch_transform=(lambda x, y: (x.transpose(0, 1), y)) if info["dataset"] == "nmnist" else None)
-    save_model(out, net, arch=info["arch"], dataset=info["dataset"], train_config=cfg.to_dict(),
-               perturbation=repr(pert), initialised_from=str(args.model))
+    train_and_save(out, net, arch=info["arch"], dataset=info["dataset"], train_set=train, config=cfg, run_dir=run_dir,
+                   device=device, progress=not args.quiet, initialised_from=str(args.model))
     _say(f"saved {out} (metrics, incl. bound loss and verified share, and checkpoint in {run_dir})")
     return 0
 
@@ -387,17 +382,15 @@ def _add_robust_train(subparsers: Any) -> None:
 
 
 def _print_json(obj: Any, out: Path | None) -> None:
-    import json
-
-    from .fileio import atomic_write_text
+    from .fileio import write_json
 
     if out is not None:
-        atomic_write_text(out, json.dumps(obj, indent=2))
+        write_json(out, obj)
         print(f"wrote {out}")
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from .recipes.pipeline import attack_errors, attack_names, load_test_set
+    from .datasets import attack_errors, attack_names, load_test_set
 
     json_out = _writable_file(args.json, "--json", "results.json") if args.json is not None else None
     device = resolve_device(args.device)
@@ -421,7 +414,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     from .evaluate import certified_error, clean_error
-    from .recipes.pipeline import load_test_set, perturbation_for
+    from .datasets import dataset_spec, load_test_set, perturbation_for
 
     json_out = _writable_file(args.json, "--json", "results.json") if args.json is not None else None
     device = resolve_device(args.device)
@@ -430,8 +423,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     _check_beyond_sampling(args, info)
     test = load_test_set(info["dataset"], args.samples, _data_root(args), args.verify_data)
     seeds = tuple(args.seed + i for i in range(args.seeds))
-    coding = "spike" if info["dataset"] == "nmnist" else "rate"
-    clean = clean_error(net, test, coding=coding, seeds=seeds, progress=not args.quiet)
+    clean = clean_error(net, test, coding=dataset_spec(info["dataset"]).coding, seeds=seeds, progress=not args.quiet)
     print(f"{args.model} ({info['arch']}, {info['dataset']}), {len(test[1])} test samples: clean error {100 * clean.error:.1f}%")
     out: dict[str, Any] = {"clean_error": clean.to_dict(), "certified": []}
     for eps in args.eps:
@@ -458,7 +450,7 @@ def _check_beyond_sampling(args: argparse.Namespace, info: dict[str, Any]) -> No
 
 def _certify_beyond_sampling(args: argparse.Namespace, net: Any, info: dict[str, Any], test: Any, out: dict[str, Any]) -> None:
     from .certificates import coding_certificate_summary, event_certified_error
-    from .recipes.pipeline import perturbation_for
+    from .datasets import perturbation_for
 
     for method in args.method:
         for steps in args.tprime:
@@ -632,10 +624,11 @@ def _refusals() -> tuple[type[Exception], ...]:
     exception reaches :func:`main`.)"""
     from .data import DatasetError
     from .fileio import DamagedFileError
-    from .recipes.pipeline import ModelFileError, RecipeConfigError
+    from .modelfile import ModelFileError
     from .training import CheckpointError, NonFiniteError
 
-    return (DatasetError, DamagedFileError, ModelFileError, RecipeConfigError, CheckpointError, NonFiniteError)
+    # (a recipe's RecipeConfigError is turned into a UsageError by the recipe command)
+    return (DatasetError, DamagedFileError, ModelFileError, CheckpointError, NonFiniteError)
 
 
 def _usage_error(exc: Exception) -> int:

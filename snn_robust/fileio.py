@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -35,6 +36,9 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "read_json",
+    "read_jsonl",
+    "write_json",
     "load_checked",
     "read_checked",
     "remove_stale_temporaries",
@@ -112,6 +116,33 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write` of ``text`` in UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """:func:`atomic_write_text` of ``obj`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(obj, indent=2))
+
+
+def read_json(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a damaged file (unreadable, not JSON, not an object) is a
+    :class:`DamagedFileError` naming it and saying ``fix``, what the user can do (files are
+    written atomically, so damage comes from outside snn-robust)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedFileError(f"{path} is damaged ({exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise DamagedFileError(f"{path} is damaged (not a JSON object); {fix}")
+    return obj
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (one object per line, blank lines skipped); ``[]`` when
+    there is no file (a run that has logged nothing yet)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:

@@ -7,16 +7,14 @@ from typing import Literal
 
 from torch import nn
 
+from .datasets import SPECS
 from .network import SpikingNetwork
 from .neuron import LIF
 
 __all__ = ["INPUT_SHAPES", "paper_model"]
 
-INPUT_SHAPES: dict[str, tuple[int, ...]] = {
-    "mnist": (1, 28, 28),
-    "fmnist": (1, 28, 28),
-    "nmnist": (2, 34, 34),
-}
+#: One sample's shape per dataset (:data:`snn_robust.datasets.SPECS`).
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {name: spec.input_shape for name, spec in SPECS.items()}
 
 
 def _lif(alpha: float, threshold: float) -> LIF:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from .datasets import SPECS
+
 __all__ = ["DATASETS", "METHODS", "Method"]
 
-Method = Literal["ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "best"]
+Method = Literal[
+    "ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "crown-full", "best"
+]
 
 METHODS: tuple[str, ...] = get_args(Method)
 """``ibp``: S-IBP (Eq. 7, 9, 11). ``crown-ibp`` (the default): S-CROWN (Eq. 8, 10,
@@ -21,7 +25,11 @@ reproduction; it can be looser than S-IBP. ``crown-ibp-adaptive``: the paper's w
 reset planes chosen per neuron among the four faces of the reset's convex hull.
 ``crown-ibp-optimized``: fire lines and reset planes optimised per neuron within their valid
 families (alpha-CROWN style, 20 projected Adam steps; for certification rather than
-training). ``best``: the elementwise maximum of all of them (each is sound, so their max is)."""
+training). ``crown-full``: full S-CROWN, the membranes of every LIF layer after the first
+bounded by backward passes too where S-IBP leaves them unstable, then ``crown-ibp`` on the
+tightened intervals (:mod:`snn_robust.bounds.intermediate`; for certification: many more
+backward rows). ``best``: the elementwise maximum of all of them (each is sound, so their max is)."""
 
-#: Names accepted by :func:`snn_robust.data.fetch` and ``snn-robust data fetch``.
-DATASETS = ("mnist", "fmnist", "nmnist")
+#: Names accepted by :func:`snn_robust.data.fetch` and ``snn-robust data fetch``: the
+#: datasets of :data:`snn_robust.datasets.SPECS` (plain data, no torch).
+DATASETS: tuple[str, ...] = tuple(SPECS)
