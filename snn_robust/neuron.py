@@ -32,7 +32,13 @@ called with no arguments that returns such a tensor (e.g. ``1 - sigmoid(w)`` for
 parametric decay). An ``nn.Parameter`` or a module stays shared with whoever else holds
 it; a plain tensor is copied into a buffer (so it follows ``.to()`` and ``state_dict``)."""
 
-RESETS = ("zero", "subtract")
+# The carry c_{t-1} of each reset kind from (layer, m_{t-1}, s_{t-1}) (module docstring);
+# the bound side of each kind is snn_robust.bounds.lif.RESETS.
+_CARRIES: dict[str, Callable[["LIF", Tensor, Tensor], Tensor]] = {
+    "zero": lambda lif, m, s: lif.alpha * (m * (1 - s)),
+    "subtract": lambda lif, m, s: lif.alpha * m - lif.kappa * lif.threshold * s,
+}
+RESETS = tuple(_CARRIES)
 FIRINGS = (">", ">=")
 
 # The ranges the bounds are proven for (method.md section 2), as (text, elementwise test).
@@ -220,11 +226,7 @@ class LIF(nn.Module):
         override must compute the same real-valued function, since the bounds use
         ``alpha``, ``threshold``, ``input_scale`` and ``kappa`` directly.
         """
-        if self.reset == "zero":
-            carry = self.alpha * (m_prev * (1 - s_prev))
-        else:
-            carry = self.alpha * m_prev - self.kappa * self.threshold * s_prev
-        return self.input_scale * sp + carry
+        return self.input_scale * sp + _CARRIES[self.reset](self, m_prev, s_prev)
 
     def fire(self, m: Tensor) -> Tensor:
         return spike(m - self.threshold, self.firing, self.surrogate)
