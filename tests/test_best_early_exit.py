@@ -45,10 +45,12 @@ def test_early_exit_matches_exhaustive(seed, reset, scale, eps):
         ).max(0).values
     verified = (fast > 0).all(1)
     assert torch.equal(verified, (full > 0).all(1))
-    # unverified samples: exactly the exhaustive margins; verified ones: the cheap maximum,
-    # never above the exhaustive best (both sound lower bounds)
-    assert torch.equal(fast[~verified], full[~verified])
-    assert torch.equal(fast[verified], cheap[verified])
+    # samples the cheap methods verify: their maximum, never above the exhaustive best (both
+    # sound lower bounds); every other sample (the optimised pass may verify it): exactly the
+    # exhaustive margins
+    cheap_verified = (cheap > 0).all(1)
+    assert torch.equal(fast[~cheap_verified], full[~cheap_verified])
+    assert torch.equal(fast[cheap_verified], cheap[cheap_verified])
     assert (fast <= full).all()
 
 
