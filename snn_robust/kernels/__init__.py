@@ -11,7 +11,7 @@ for S-CROWN) through all ``T`` steps in registers: one launch per layer.
 
 * :func:`lif_interval`: S-IBP through one layer, forward and backward (a
   ``torch.autograd.Function`` whose backward is a kernel too), for certified training.
-* :func:`lif_coefficients`: S-CROWN's backward through one layer (no gradient: certification).
+* :func:`lif_coefficients`: S-CROWN's backward through one layer, differentiable the same way.
 
 Both repeat the float arithmetic of the torch reference (``bounds/ibp.py``,
 ``bounds/crown.py``) operation for operation: membranes, rounding-error widenings, exact
@@ -191,16 +191,10 @@ def fused_crown_recurrence(
     A: Tensor, fire_slope, fire_const, carry, scale: Tensor | None, charge_err: Tensor | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """``bounds.lif.crown_recurrence`` by the kernels (its arguments; ``Lines`` and
-    ``CarryLines`` are read by attribute), or ``None`` where the torch code must run: the
-    kernel has no backward, so a bound that needs a gradient (certified training) stays in
-    torch."""
+    ``CarryLines`` are read by attribute), or ``None`` where the torch code must run
+    (:func:`use_cupy`). Differentiable like the torch loop (certified training)."""
     hard = bool(carry.m.per_step)
-    pieces = [A, fire_slope.up, fire_slope.diff, fire_const.up, fire_const.diff, carry.m.up, carry.m.diff,
-              carry.s.up, carry.s.diff, scale]
-    if carry.const is not None:
-        pieces += [carry.const.up, carry.const.diff]
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in pieces)
-    if not use_cupy(A, supported=not needs_grad and hard == (carry.const is not None)):
+    if not use_cupy(A, supported=hard == (carry.const is not None) and A.dim() == 4):
         return None
     fire = (fire_slope.up, fire_slope.diff, fire_const.up, fire_const.diff)
     if hard:

@@ -115,6 +115,48 @@ def lif_interval(
     return _Interval.apply(launcher, bool(hard), bool(exact_points), eight_u, spl, spu, *params)
 
 
+class _Coefficients(torch.autograd.Function):
+    """S-CROWN through the ``T`` steps of one LIF layer, forward and backward by the kernels."""
+
+    @staticmethod
+    def forward(ctx, launcher, hard, unit, A, *lines_scale_ce):
+        *lines, scale, ce = lines_scale_ce
+        T, B, S, N = A.shape
+        lam, bias = torch.empty_like(A), A.new_zeros(B, S, N)
+        save = any(ctx.needs_input_grad[3:])
+        saved = [torch.empty_like(A), torch.empty_like(A)] if save else [lam, lam]  # (placeholders when not saving)
+        if A.numel():
+            launcher(
+                "crown_backward_" + _suffix(A.dtype), A[0].numel(),
+                [A, *lines, scale, ce, lam, bias, *saved, Scalar("i64", T), Scalar("i64", B), Scalar("i64", S),
+                 Scalar("i64", N), Scalar("i32", int(hard)), Scalar("i32", int(unit)), Scalar("i32", int(save))],
+            )
+        if save:
+            ctx.save_for_backward(*lines, scale, *saved)
+        ctx.launcher, ctx.hard, ctx.unit, ctx.shape = launcher, hard, unit, (T, B, S, N)
+        return lam, bias
+
+    @staticmethod
+    def backward(ctx, glam, gbias):
+        *lines, scale, lam_s, lam_m = ctx.saved_tensors
+        T, B, S, N = ctx.shape
+        glam = torch.zeros_like(lam_s) if glam is None else glam.contiguous()
+        gbias = lam_s.new_zeros(B, S, N) if gbias is None else gbias.contiguous()
+        gA = torch.empty_like(lam_s)
+        glines = [torch.zeros_like(x) if ctx.hard or k < 4 else x.new_zeros(T, B, N) for k, x in enumerate(lines)]
+        per_bn = [lam_s.new_zeros(B * N) for _ in range(3)]  # scale, alpha, drop
+        if B * N and T:
+            ctx.launcher(
+                "crown_grad_" + _suffix(lam_s.dtype), B * N,
+                [*lines, scale, lam_s, lam_m, glam, gbias, gA, *glines, *per_bn, Scalar("i64", T), Scalar("i64", B),
+                 Scalar("i64", S), Scalar("i64", N), Scalar("i32", int(ctx.hard)), Scalar("i32", int(ctx.unit))],
+            )
+        gscale, galpha, gdrop = (g.reshape(B, N).sum(0) for g in per_bn)
+        if not ctx.hard:  # the soft reset's alpha and drop sit in the first two carry slots
+            glines[4:] = [galpha, None, gdrop, None, None, None]
+        return (None, None, None, gA, *glines, None if ctx.unit else gscale, None)
+
+
 def lif_coefficients(
     launcher: Launcher,
     A: Tensor,
@@ -130,11 +172,11 @@ def lif_coefficients(
     ``(f_d, f_dd, f_b, f_db)`` of the fire relaxation, ``[T, B, N]`` each, "upper" and
     "lower - upper" (``None`` for a difference that vanishes). ``reset``: for a hard reset
     the planes ``(r_a, r_da, r_b, r_db, r_c, r_dc)`` with ``alpha`` folded in, ``[T, B, N]``;
-    for a soft reset ``(alpha, drop)`` per neuron ``[N]`` (``drop = -kappa th``).
-    ``scale``: ``[N]``, or ``None`` for a unit scale. ``charge_err``: ``[T, B, N...]`` or
-    ``None``. Returns the coefficients on the spatial input (times ``scale``)
-    ``[T, B, S, N]`` and the bias ``[B, S]``. Not differentiable (used where no gradient
-    is needed: certification)."""
+    for a soft reset ``(alpha, drop)`` per neuron (``[N]`` or a scalar; ``drop = -kappa th``).
+    ``scale``: ``[N]`` or a scalar, or ``None`` for a unit scale. ``charge_err``:
+    ``[T, B, N...]`` or ``None`` (no gradient, as in torch). Returns the coefficients on
+    the spatial input (times ``scale``) ``[T, B, S, N]`` and the bias ``[B, S]``.
+    Differentiable in ``A``, the lines and ``scale`` (the backward is a kernel too)."""
     if A.dim() != 4:
         raise ValueError(f"lif_coefficients: A must be [T, B, S, N], got shape {tuple(A.shape)}")
     T, B, S, N = A.shape
@@ -143,7 +185,7 @@ def lif_coefficients(
     def dense(x: Tensor | None, shape: tuple[int, ...]) -> Tensor:
         if x is None:
             return A.new_zeros(shape)
-        return x.detach().to(A.dtype).expand(shape).contiguous()
+        return x.to(A.dtype).expand(shape).contiguous()
 
     rel = (T, B, N)
     lines = [dense(x, rel) for x in fire]
@@ -151,16 +193,10 @@ def lif_coefficients(
         planes = [dense(x, rel) for x in reset]
     else:
         alpha, drop = (dense(x, (N,)) for x in reset)
-        planes = [alpha, alpha, drop, drop, alpha, alpha]  # only ra and rb are read for a soft reset
+        zero = A.new_zeros(N)
+        planes = [alpha, zero, drop, zero, zero, zero]  # only r_a and r_b are read for a soft reset
     unit = scale is None
     scale_n = A.new_ones(N) if unit else dense(scale, (N,))
-    ce = dense(None if charge_err is None else charge_err.reshape(T, B, N), rel)
-    lam = torch.empty_like(A)
-    bias = A.new_zeros(B, S, N)
-    if A.numel():
-        launcher(
-            "crown_backward_" + _suffix(A.dtype), A[0].numel(),
-            [A, *lines, *planes, scale_n, ce, lam, bias, Scalar("i64", T), Scalar("i64", B), Scalar("i64", S),
-             Scalar("i64", N), Scalar("i32", int(hard)), Scalar("i32", int(unit))],
-        )
+    ce = dense(None if charge_err is None else charge_err.detach().reshape(T, B, N), rel)
+    lam, bias = _Coefficients.apply(launcher, bool(hard), unit, A, *lines, *planes, scale_n, ce)
     return lam, bias.sum(-1)

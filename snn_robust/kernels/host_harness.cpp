@@ -23,11 +23,22 @@
     }                                                                                                                \
     extern "C" void crown_backward_##SUFFIX(const F* A, const F* fd, const F* fdd, const F* fb, const F* fdb,       \
                                             const F* ra, const F* rda, const F* rb, const F* rdb, const F* rc,       \
-                                            const F* rdc, const F* scale, const F* ce, F* lam, F* bias, long long T, \
-                                            long long B, long long S, long long N, int hard, int unit_scale) {      \
+                                            const F* rdc, const F* scale, const F* ce, F* lam, F* bias,             \
+                                            F* lam_s_out, F* lam_m_out, long long T, long long B, long long S,      \
+                                            long long N, int hard, int unit_scale, int save) {                      \
         for (long long e = 0; e < B * S * N; ++e)                                                                    \
             snnr::crown_backward_element<F>(e, A, fd, fdd, fb, fdb, ra, rda, rb, rdb, rc, rdc, scale, ce, lam, bias, \
-                                            T, B, S, N, hard, unit_scale);                                           \
+                                            lam_s_out, lam_m_out, T, B, S, N, hard, unit_scale, save);               \
+    }                                                                                                                \
+    extern "C" void crown_grad_##SUFFIX(                                                                             \
+        const F* fd, const F* fdd, const F* fb, const F* fdb, const F* ra, const F* rda, const F* rb, const F* rdb,  \
+        const F* rc, const F* rdc, const F* scale, const F* lam_s, const F* lam_m, const F* glam, const F* gbias,    \
+        F* gA, F* gfd, F* gfdd, F* gfb, F* gfdb, F* gra, F* grda, F* grb, F* grdb, F* grc, F* grdc, F* gscale,       \
+        F* galpha, F* gdrop, long long T, long long B, long long S, long long N, int hard, int unit_scale) {         \
+        for (long long e = 0; e < B * N; ++e)                                                                        \
+            snnr::crown_grad_element<F>(e, fd, fdd, fb, fdb, ra, rda, rb, rdb, rc, rdc, scale, lam_s, lam_m, glam,   \
+                                        gbias, gA, gfd, gfdd, gfb, gfdb, gra, grda, grb, grdb, grc, grdc, gscale,    \
+                                        galpha, gdrop, T, B, S, N, hard, unit_scale);                                \
     }
 
 SNNR_HOST(float, f32)

@@ -282,9 +282,9 @@ template <typename F>
 __host__ __device__ inline void crown_backward_element(long long e, const F* A, const F* fd, const F* fdd,
                                                        const F* fb, const F* fdb, const F* ra, const F* rda,
                                                        const F* rb, const F* rdb, const F* rc, const F* rdc,
-                                                       const F* scale, const F* ce, F* lam, F* bias, long long T,
-                                                       long long B, long long S, long long N, int hard,
-                                                       int unit_scale) {
+                                                       const F* scale, const F* ce, F* lam, F* bias, F* lam_s_out,
+                                                       F* lam_m_out, long long T, long long B, long long S, long long N,
+                                                       int hard, int unit_scale, int save) {
     long long E = B * S * N;
     long long n = e % N, b = e / (S * N);
     F acc = F(0), carry_m = F(0), carry_s = F(0);
@@ -294,11 +294,78 @@ __host__ __device__ inline void crown_backward_element(long long e, const F* A, 
         F lam_s = t == T - 1 ? a : a + carry_s;
         F lam_m = crown_fire(lam_s, fd[r], fdd[r], fb[r], fdb[r], t == T - 1, carry_m, ce[r], acc);
         lam[t * E + e] = unit_scale ? lam_m : lam_m * scale[n];
+        if (save) {  // for the gradient (crown_grad_element)
+            lam_s_out[t * E + e] = lam_s;
+            lam_m_out[t * E + e] = lam_m;
+        }
         if (t == 0) break;
         long long q = hard ? r - B * N : n;  // the reset planes at t - 1 (soft: per neuron)
         crown_reset(hard != 0, lam_m, ra[q], rda[q], rb[q], rdb[q], rc[q], rdc[q], carry_m, carry_s, acc);
     }
     bias[e] = acc;
+}
+
+// Gradient of crown_backward_element for one neuron n of sample b (e = b * N + n) and every
+// row s, so that the gradients of the lines (shared by the rows) are summed over s in this
+// thread, in a fixed order (no atomics). lam_s, lam_m: the forward's saved coefficients;
+// glam [T, B, S, N] and gbias [B, S, N]: the incoming gradients. Writes gA [T, B, S, N] and
+// adds to the line gradients gfd.. [T, B, N] and (hard reset) gra.. [T, B, N], which start at
+// zero; gscale, galpha, gdrop [B * N] (soft reset: the per-neuron alpha and drop) are per
+// thread, summed over the batch by the caller. The charge-error term has no gradient (the
+// torch code detaches it).
+template <typename F>
+__host__ __device__ inline void crown_grad_element(long long e, const F* fd, const F* fdd, const F* fb, const F* fdb,
+                                                   const F* ra, const F* rda, const F* rb, const F* rdb, const F* rc,
+                                                   const F* rdc, const F* scale, const F* lam_s, const F* lam_m,
+                                                   const F* glam, const F* gbias, F* gA, F* gfd, F* gfdd, F* gfb,
+                                                   F* gfdb, F* gra, F* grda, F* grb, F* grdb, F* grc, F* grdc,
+                                                   F* gscale, F* galpha, F* gdrop, long long T, long long B,
+                                                   long long S, long long N, int hard, int unit_scale) {
+    long long n = e % N, b = e / N, E = B * S * N;
+    F gsc = F(0), gal = F(0), gdr = F(0);
+    for (long long s = 0; s < S; ++s) {
+        long long es = (b * S + s) * N + n;
+        F gb = gbias[es], gcm = F(0), gcs = F(0);
+        for (long long t = 0; t < T; ++t) {
+            long long r = (t * B + b) * N + n, i = t * E + es;
+            F ls = lam_s[i], lm = lam_m[i], go = glam[i];
+            F glm = unit_scale ? go : go * scale[n];
+            if (!unit_scale) gsc += go * lm;
+            if (t > 0) {  // lam_m made the carry onto step t - 1 (and, hard reset, a bias term)
+                if (hard) {
+                    long long q = r - B * N;
+                    F pm = tmax(lm, F(0));
+                    F gpm = gcm * rda[q] + gcs * rdb[q] + gb * rdc[q];
+                    glm += gcm * ra[q] + gcs * rb[q] + gb * rc[q];
+                    if (lm > F(0)) glm += gpm;
+                    gra[q] += gcm * lm;
+                    grda[q] += gcm * pm;
+                    grb[q] += gcs * lm;
+                    grdb[q] += gcs * pm;
+                    grc[q] += gb * lm;
+                    grdc[q] += gb * pm;
+                } else {
+                    glm += gcm * ra[n] + gcs * rb[n];
+                    gal += gcm * lm;
+                    gdr += gcs * lm;
+                }
+            }
+            F pos = tmax(ls, F(0));
+            F gls = glm * fd[r] + gb * fb[r];
+            F gpos = glm * fdd[r] + gb * fdb[r];
+            gfd[r] += glm * ls;
+            gfdd[r] += glm * pos;
+            gfb[r] += gb * ls;
+            gfdb[r] += gb * pos;
+            if (ls > F(0)) gls += gpos;
+            gA[i] = gls;
+            gcm = glm;  // lam_m_t = ... + carry_m_t and lam_s_t = A_t + carry_s_t
+            gcs = gls;
+        }
+    }
+    gscale[e] = gsc;
+    galpha[e] = gal;
+    gdrop[e] = gdr;
 }
 
 }  // namespace snnr
