@@ -14,7 +14,7 @@ from torch import nn
 
 import snn_robust as sr
 from snn_robust.bounds.api import margin_spec
-from snn_robust.certificates import _flip_budget_view, _FlipBudgetOp
+from snn_robust.certificates.events import _flip_budget_view, _FlipBudgetOp
 from snn_robust.errors import UnsupportedLayerError
 
 
