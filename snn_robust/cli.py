@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 # only names: the parser's choices come from this light module, so --help imports no torch
-from .names import DATASETS, METHODS
+from .names import BOUND_METHODS, DATASETS, METHODS
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main", "resolve_device", "seed_everything"]
 
@@ -358,7 +358,8 @@ def _add_robust_train(subparsers: Any) -> None:
             "  snn-robust robust-train --model runs/fc.pt --eps 0.12 --out runs/fc-robust.pt\n"
             "  snn-robust robust-train --model runs/fc-quick.pt --eps 0.12 --settings quick \\\n"
             "      --train-samples 10000 --epochs 2 --out runs/fc-quick-robust.pt\n"
-            "  snn-robust robust-train --model runs/nmnist-fc.pt --eps 0.005 --tprime 3 --out runs/nmnist-fc-robust.pt"))
+            "  snn-robust robust-train --model runs/nmnist-fc.pt --eps 0.005 --tprime 3 --out runs/nmnist-fc-robust.pt\n\n"
+            + _methods_listing()))
     p.add_argument("--model", required=True, metavar="FILE", help="model file from 'snn-robust train'")
     p.add_argument("--eps", required=True, type=_eps_type, help="final training eps in [0, 1] (paper MNIST: 0.12)")
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write")
@@ -497,6 +498,12 @@ def _add_attack(subparsers: Any) -> None:
     p.set_defaults(handler=_cmd_attack)
 
 
+def _methods_listing() -> str:
+    """The bound methods with their one-line summaries (:data:`snn_robust.names.BOUND_METHODS`)."""
+    width = max(map(len, BOUND_METHODS))
+    return "bound methods:\n" + "\n".join(f"  {m.name:<{width}}  {m.summary}" for m in BOUND_METHODS.values())
+
+
 def _add_certify(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "certify", help="certified (verified) error of a model file with S-IBP / S-CROWN",
@@ -509,7 +516,8 @@ def _add_certify(subparsers: Any) -> None:
             "examples:\n"
             "  snn-robust certify --model runs/fc-robust.pt --eps 0.12\n"
             "  snn-robust certify --model runs/fc-robust.pt --eps 0.05 0.12 --method ibp crown-ibp best --tprime 3 10\n"
-            "  snn-robust certify --model runs/nmnist-fc.pt --eps 0.005 --samples 100 --json runs/cert.json"))
+            "  snn-robust certify --model runs/nmnist-fc.pt --eps 0.005 --samples 100 --json runs/cert.json\n\n"
+            + _methods_listing()))
     p.add_argument("--model", required=True, metavar="FILE", help="model file from 'train' or 'robust-train'")
     p.add_argument("--eps", required=True, type=_eps_type, nargs="+", help="perturbation budgets in [0, 1]")
     p.add_argument("--method", nargs="+", choices=METHODS, default=["best"], metavar="METHOD",

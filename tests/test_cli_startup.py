@@ -77,19 +77,38 @@ def test_dataset_choices_are_the_library_datasets() -> None:
     assert [parser.parse_args(["data", "fetch", d]).dataset for d in DATASETS] == list(DATASETS)
 
 
-# Entry points a user may import first. With lazy package __init__ files no import order is
-# forced, so an import cycle between submodules would surface here (network <-> bounds did).
-FIRST_IMPORTS = ["snn_robust.network", "snn_robust.models", "snn_robust.bounds.api", "snn_robust.training",
-                 "snn_robust.evaluate", "snn_robust.adapters", "snn_robust.recipes.pipeline"]
+def test_method_registry_is_the_method_type() -> None:
+    """``Method`` (for annotations) and the registry list the same names, in the same order."""
+    from typing import get_args
+
+    from snn_robust.names import BOUND_METHODS, Method
+
+    assert get_args(Method) == tuple(BOUND_METHODS) == METHODS
+    assert all(m.name == name and m.summary and m.description for name, m in BOUND_METHODS.items())
 
 
-@pytest.mark.slow
-def test_every_entry_module_imports_first() -> None:
-    procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True) for m in FIRST_IMPORTS}
-    failed = {}
-    for module, proc in procs.items():
-        _, err = proc.communicate(timeout=300)
-        if proc.returncode:
-            failed[module] = err.strip().splitlines()[-1]
-    assert not failed, failed
+def test_check_method_accepts_the_registry_and_names_what_it_refuses() -> None:
+    from snn_robust.names import BOUND_METHODS, check_method
+
+    assert [check_method(m) for m in METHODS] == list(METHODS)
+    for bad in ("crown", "IBP", None, 3, ""):
+        with pytest.raises(ValueError, match="^config.method must be one of") as info:
+            check_method(bad, "config.method")
+        assert all(m.summary in str(info.value) for m in BOUND_METHODS.values())
+
+
+@pytest.mark.parametrize("command", ["certify", "robust-train"])
+def test_help_describes_every_method(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import io
+
+    from snn_robust.cli import main
+    from snn_robust.names import BOUND_METHODS
+
+    monkeypatch.setenv("COLUMNS", "300")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([command, "--help"]) == 0
+    lines = out.getvalue().splitlines()
+    for m in BOUND_METHODS.values():
+        assert any(line.split() and line.split()[0] == m.name and m.summary in line for line in lines), m.name
