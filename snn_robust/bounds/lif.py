@@ -60,6 +60,7 @@ from .relaxations import (
     soft_reset_interval,
     stability,
 )
+from .. import kernels
 from .rounding import charge_error, point_outputs_exact, unit_roundoff
 
 __all__ = [
@@ -249,6 +250,9 @@ def ibp_recurrence(
     interval before its carry is taken."""
     T, B = spl.shape[:2]
     u = unit_roundoff(spl.dtype, spl.device)
+    fused = kernels.fused_ibp_recurrence(spl, spu, alpha, scale, th, kappa, reset.name, charge, sp_err, u, clip)
+    if fused is not None:  # the CUDA kernel of this loop (snn_robust.kernels), where it applies
+        return fused
     with torch.no_grad():
         sp_abs = torch.maximum(spl.abs(), spu.abs())
         a_d, s_d = alpha.detach(), scale.detach()
@@ -301,6 +305,9 @@ def crown_recurrence(
     (``[T, B, N...]``): each float membrane's error bound, paid as ``|coef| . err``;
     ``A_m`` (``[T, B, S, N]``): coefficients directly on the membranes (a backward pass
     that starts at this layer's membranes, full S-CROWN)."""
+    fused = kernels.fused_crown_recurrence(A, fire_slope, fire_const, carry, scale, charge_err, A_m)
+    if fused is not None:  # the CUDA kernel of this loop (snn_robust.kernels), where it applies
+        return fused
     T, B, S = A.shape[:3]
     bias = A.new_zeros(B, S)
     lam_sp: list[Tensor] = [None] * T  # type: ignore[list-item]

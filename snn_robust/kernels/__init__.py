@@ -167,19 +167,22 @@ RESET_KINDS = {"zero": True, "subtract": False}
 
 def fused_ibp_recurrence(
     spl: Tensor, spu: Tensor, alpha: Tensor, scale: Tensor, th: Tensor, kappa: Tensor, reset: str,
-    charge: Callable | None, sp_err: Tensor | None, u: float,
+    charge: Callable | None, sp_err: Tensor | None, u: float, clip: object = None,
 ) -> tuple[Tensor, Tensor, list[Tensor]] | None:
     """``bounds.lif.ibp_recurrence`` by the kernels (its arguments, the reset by name, plus
     the unit roundoff ``u``), or ``None`` where the torch code must run (:func:`use_cupy`;
     a reset kind or a charge arithmetic the kernels do not repeat: ``charge`` must be
-    ``None`` or :meth:`LIF.charge` itself, not an adapter's framework formula)."""
+    ``None`` or :meth:`LIF.charge` itself, not an adapter's framework formula; a ``clip``
+    of the membranes, full S-CROWN's, which the kernel does not take)."""
+    if not use_cupy(spl, spu) or clip is not None:  # (cheap: the CPU case ends here)
+        return None
     supported = (
         reset in RESET_KINDS
         and (charge is None or getattr(charge, "__func__", None) is LIF.charge)
         and _per_neuron_ok(spl.shape[2:], alpha, scale, th, kappa)
         and all(p.dtype == spl.dtype for p in (alpha, scale, th, kappa))
     )
-    if not use_cupy(spl, spu, supported=supported):
+    if not supported:
         return None
     ml, mu, err = lif_interval(spl, spu, alpha, th, scale, kappa, RESET_KINDS[reset], charge is not None, u)
     if sp_err is not None:
@@ -189,12 +192,14 @@ def fused_ibp_recurrence(
 
 def fused_crown_recurrence(
     A: Tensor, fire_slope, fire_const, carry, scale: Tensor | None, charge_err: Tensor | None = None,
+    A_m: Tensor | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """``bounds.lif.crown_recurrence`` by the kernels (its arguments; ``Lines`` and
     ``CarryLines`` are read by attribute), or ``None`` where the torch code must run
-    (:func:`use_cupy`). Differentiable like the torch loop (certified training)."""
+    (:func:`use_cupy`; coefficients ``A_m`` on the membranes, full S-CROWN's, which the
+    kernel does not take). Differentiable like the torch loop (certified training)."""
     hard = bool(carry.m.per_step)
-    if not use_cupy(A, supported=hard == (carry.const is not None) and A.dim() == 4):
+    if not use_cupy(A) or A_m is not None or hard != (carry.const is not None) or A.dim() != 4:
         return None
     fire = (fire_slope.up, fire_slope.diff, fire_const.up, fire_const.diff)
     if hard:

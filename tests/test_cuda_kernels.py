@@ -1,0 +1,394 @@
+"""The CuPy kernels for the LIF bound recurrences (snn_robust/kernels/).
+
+Without a GPU (CI here): the CUDA source compiles with nvcc; the kernels' per-element code,
+compiled for the CPU as the host harness and run through the same Python path as on the
+GPU, equals the torch reference bit for bit (S-IBP membranes and widenings, S-CROWN
+coefficients; the S-CROWN bias to rounding, its sum runs in another order), its gradients
+match torch's autograd, and the bounds computed through it stay sound. With CUDA and CuPy
+(skipped otherwise): the same on the GPU against torch on the GPU. Plus the dispatch switch.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+from helpers import assert_sound, neuron, scale_weights
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import snn_robust as sr
+from snn_robust import kernels
+from snn_robust.bounds.lif import RESETS, CarryLines, Lines, crown_recurrence, ibp_recurrence
+from snn_robust.bounds.rounding import unit_roundoff
+from snn_robust.kernels import _launch
+from snn_robust.kernels.host import HostHarness, compile_ptx, find_compiler
+
+ENTRY_POINTS = [f"{k}_{s}" for k in ("ibp_forward", "ibp_backward", "crown_backward") for s in ("f32", "f64")]
+DTYPES = [torch.float32, torch.float64]
+
+
+# -- compile checks -------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    """The source CuPy hands to NVRTC (header inlined) compiles for an sm_80 GPU with the
+    same options, and defines every entry point the launchers call."""
+    from snn_robust.kernels import _cupy
+
+    ptx = compile_ptx(tmp_path, "sm_80").read_text()
+    assert all(re.search(rf"\.entry\s+{name}\s*\(", ptx) for name in ENTRY_POINTS)
+    inlined = tmp_path / "inlined.cu"
+    inlined.write_text(_cupy.source())
+    assert '#include "lif_ops.cuh"' not in inlined.read_text()
+    out = tmp_path / "inlined.ptx"
+    import subprocess
+
+    done = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", *_cupy.OPTIONS, str(inlined), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all(f".entry {name}" in out.read_text() for name in ENTRY_POINTS)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    if find_compiler("host") is None:
+        pytest.skip("no C++ compiler for the host harness")
+    return HostHarness(tmp_path_factory.mktemp("harness"))
+
+
+class Counting:
+    """A launcher that counts the entry points it runs (to see the kernel path was taken)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, name, n, args):
+        self.calls.append(name)
+        self.inner(name, n, args)
+
+
+# -- random inputs of the recurrences -------------------------------------------------------------------------------
+def _values(shape, gen, dtype, spread):
+    """Reals with ties: a third on a coarse grid (multiples of 1/16, so membranes hit the
+    threshold 0.25 and 0 exactly), the rest random."""
+    grid = torch.randint(-8, 9, shape, generator=gen).to(dtype) / 16
+    real = torch.randn(shape, generator=gen, dtype=dtype) * spread
+    return torch.where(torch.rand(shape, generator=gen) < 0.35, grid, real)
+
+
+def _param(kind, shape, gen, dtype, low, high):
+    if kind == "scalar":
+        return torch.tensor(low if low == high else (low + high) / 2, dtype=dtype)
+    return (low + (high - low) * torch.rand(shape, generator=gen, dtype=dtype))
+
+
+@st.composite
+def ibp_cases(draw):
+    return dict(
+        dtype=draw(st.sampled_from(DTYPES)),
+        reset=draw(st.sampled_from(["zero", "subtract"])),
+        decay_reset=draw(st.booleans()),
+        exact_points=draw(st.booleans()),
+        per_neuron=draw(st.booleans()),
+        alpha=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+        th=draw(st.sampled_from([0.25, 0.5, 1.0])),
+        scale=draw(st.sampled_from([1.0, 0.5, 1.5])),
+        T=draw(st.integers(1, 6)),
+        B=draw(st.integers(1, 4)),
+        shape=draw(st.sampled_from([(7,), (2, 3, 3)])),
+        points=draw(st.floats(0.0, 1.0)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def _ibp_inputs(c, requires_grad=False):
+    gen = torch.Generator().manual_seed(c["seed"])
+    dt, shape = c["dtype"], (c["T"], c["B"], *c["shape"])
+    centre = _values(shape, gen, dt, 0.4)
+    width = torch.rand(shape, generator=gen, dtype=dt) * 0.3
+    width = torch.where(torch.rand(shape, generator=gen) < c["points"], torch.zeros_like(width), width)
+    spl, spu = centre - width, centre + width
+    if c["per_neuron"]:
+        alpha = (c["alpha"] * (0.5 + torch.rand(c["shape"], generator=gen, dtype=dt))).clamp(0, 1)
+        th = c["th"] * (0.5 + torch.rand(c["shape"], generator=gen, dtype=dt))
+        scale = c["scale"] * (0.5 + torch.rand(c["shape"], generator=gen, dtype=dt))
+    else:
+        alpha, th, scale = (torch.tensor(c[k], dtype=dt) for k in ("alpha", "th", "scale"))
+    if requires_grad:
+        spl, spu = spl.requires_grad_(), spu.requires_grad_()
+        alpha, th, scale = (nn.Parameter(p) for p in (alpha, th, scale))
+    lif = sr.LIF(alpha, th, c["reset"], input_scale=scale, decay_reset=c["decay_reset"])
+    return spl, spu, lif
+
+
+def _reference_interval(spl, spu, lif, exact_points):
+    ml, mu, errs = ibp_recurrence(spl, spu, lif.alpha, lif.input_scale, lif.threshold, lif.kappa, RESETS[lif.reset],
+                                  lif.charge if exact_points else None)
+    return ml, mu, torch.stack([e.expand_as(ml[0]) for e in errs])
+
+
+def _kernel_interval(launcher, spl, spu, lif, exact_points):
+    return _launch.lif_interval(launcher, spl, spu, lif.alpha, lif.threshold, lif.input_scale, lif.kappa,
+                                lif.reset == "zero", exact_points, unit_roundoff(spl.dtype))
+
+
+# -- S-IBP: bit for bit, forward; gradients ------------------------------------------------------------------------
+@settings(max_examples=60)
+@given(c=ibp_cases())
+def test_ibp_recurrence_bit_exact(harness, c):
+    spl, spu, lif = _ibp_inputs(c)
+    ref = _reference_interval(spl, spu, lif, c["exact_points"])
+    got = _kernel_interval(harness, spl, spu, lif, c["exact_points"])
+    for name, r, g in zip(("ml", "mu", "err"), ref, got):
+        assert torch.equal(r, g), f"{name}: {(r != g).sum().item()} of {r.numel()} differ"
+
+
+@settings(max_examples=40)
+@given(c=ibp_cases())
+def test_ibp_recurrence_gradients_match_autograd(harness, c):
+    """The backward kernel against torch's autograd through the reference loop (float64:
+    sums of the same terms in another order, so equal to ~1e-15)."""
+    c = dict(c, dtype=torch.float64)
+    spl, spu, lif = _ibp_inputs(c, requires_grad=True)
+    gen = torch.Generator().manual_seed(c["seed"] + 1)
+    gl, gu = (torch.randn(spl.shape, generator=gen, dtype=spl.dtype) for _ in range(2))
+    leaves = [spl, spu, *lif.parameters()]
+
+    def grads(ml, mu, _err):
+        return torch.autograd.grad((ml * gl).sum() + (mu * gu).sum(), leaves, allow_unused=True)
+
+    ref = grads(*_reference_interval(spl, spu, lif, c["exact_points"]))
+    got = grads(*_kernel_interval(harness, spl, spu, lif, c["exact_points"]))
+    for r, g in zip(ref, got):
+        r = torch.zeros_like(g) if r is None else r
+        assert torch.allclose(r, g, rtol=1e-12, atol=1e-12), (r - g).abs().max()
+
+
+# -- S-CROWN coefficient recurrence ---------------------------------------------------------------------------------
+@settings(max_examples=40)
+@given(dtype=st.sampled_from(DTYPES), hard=st.booleans(), unit=st.booleans(), diffs=st.integers(0, 31),
+       T=st.integers(1, 5), B=st.integers(1, 3), S=st.integers(1, 4), N=st.integers(1, 9),
+       seed=st.integers(0, 2**31 - 1))
+def test_crown_recurrence_matches(harness, dtype, hard, unit, diffs, T, B, S, N, seed):
+    """Coefficients bit for bit; the bias (a sum over neurons in another order) to a few
+    ulps of its terms' magnitude."""
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda: _values((T, B, N), gen, dtype, 1.0)  # noqa: E731
+    maybe = lambda bit: r() if diffs >> bit & 1 else None  # noqa: E731
+    A = _values((T, B, S, N), gen, dtype, 1.0)
+    slope, const = Lines(r(), maybe(0)), Lines(r(), maybe(1))
+    if hard:
+        carry = CarryLines(Lines(r(), maybe(2)), Lines(r(), maybe(3)), Lines(r(), maybe(4)))
+        reset = (carry.m.up, carry.m.diff, carry.s.up, carry.s.diff, carry.const.up, carry.const.diff)
+    else:
+        alpha, drop = torch.rand(N, generator=gen, dtype=dtype), -torch.rand((), generator=gen, dtype=dtype)
+        carry = CarryLines(Lines(alpha, None, per_step=False), Lines(drop, None, per_step=False), None)
+        reset = (alpha, drop)
+    scale = None if unit else 0.5 + torch.rand(N, generator=gen, dtype=dtype)
+    ce = torch.rand(T, B, N, generator=gen, dtype=dtype) * 1e-6
+    lam_ref, bias_ref = crown_recurrence(A, slope, const, carry, scale, ce)
+    lam, bias = _launch.lif_coefficients(harness, A, (slope.up, slope.diff, const.up, const.diff), reset, scale, ce,
+                                         hard)
+    assert torch.equal(lam, lam_ref)
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(bias, bias_ref, rtol=0, atol=64 * eps * (1 + float(bias_ref.abs().max()))), (bias - bias_ref)
+
+
+@settings(max_examples=30)
+@given(hard=st.booleans(), unit=st.booleans(), diffs=st.integers(0, 31), T=st.integers(1, 4), B=st.integers(1, 3),
+       S=st.integers(1, 3), N=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_crown_recurrence_gradients_match_autograd(harness, hard, unit, diffs, T, B, S, N, seed):
+    """The S-CROWN gradient kernel against torch's autograd through the reference loop
+    (float64), for the coefficients, every line, the soft reset's alpha and drop and scale."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = torch.float64
+    leaf = lambda shape: _values(shape, gen, dt, 1.0).requires_grad_()  # noqa: E731
+    maybe = lambda bit: leaf((T, B, N)) if diffs >> bit & 1 else None  # noqa: E731
+    A = leaf((T, B, S, N))
+    slope, const = Lines(leaf((T, B, N)), maybe(0)), Lines(leaf((T, B, N)), maybe(1))
+    if hard:
+        carry = CarryLines(Lines(leaf((T, B, N)), maybe(2)), Lines(leaf((T, B, N)), maybe(3)),
+                           Lines(leaf((T, B, N)), maybe(4)))
+        reset = (carry.m.up, carry.m.diff, carry.s.up, carry.s.diff, carry.const.up, carry.const.diff)
+    else:
+        carry = CarryLines(Lines(leaf((N,)), None, per_step=False), Lines(leaf(()), None, per_step=False), None)
+        reset = (carry.m.up, carry.s.up)
+    scale = None if unit else leaf((N,))
+    ce = torch.rand(T, B, N, generator=gen, dtype=dt) * 1e-3
+    leaves = [x for x in (A, *slope, *const, *reset, scale) if isinstance(x, torch.Tensor)]
+    g_lam, g_bias = torch.randn(T, B, S, N, generator=gen, dtype=dt), torch.randn(B, S, generator=gen, dtype=dt)
+
+    def grads(lam, bias):
+        return torch.autograd.grad((lam * g_lam).sum() + (bias * g_bias).sum(), leaves, allow_unused=True)
+
+    ref = grads(*crown_recurrence(A, slope, const, carry, scale, ce))
+    got = grads(*_launch.lif_coefficients(harness, A, (slope.up, slope.diff, const.up, const.diff), reset, scale, ce,
+                                          hard))
+    for r, g in zip(ref, got):
+        r = torch.zeros_like(g) if r is None else r
+        assert torch.allclose(r, g, rtol=1e-12, atol=1e-12), (r - g).abs().max()
+
+
+# -- the whole bound through the kernels' path ----------------------------------------------------------------------
+@pytest.fixture
+def host_kernels(harness, monkeypatch):
+    """Route the bound code's kernel dispatch to the host harness (CPU tensors)."""
+    counting = Counting(harness)
+    monkeypatch.setattr(kernels, "use_cupy", lambda *tensors, supported=True: supported)
+    monkeypatch.setattr(kernels, "_launcher", lambda: counting)
+    return counting
+
+
+def _net(reset, firing, per_neuron, seed, conv=False):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    shape = lambda n: (n,) if per_neuron else None  # noqa: E731
+    if conv:
+        layers = [nn.Conv2d(2, 4, 3, 1, 1), neuron(0.5, 0.3, reset, firing, True, (4, 1, 1) if per_neuron else None, gen),
+                  nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 5), neuron(0.5, 0.3, reset, firing, True, None, gen)]
+        inp = (2, 8, 8)
+    else:
+        layers = [nn.Flatten(), nn.Linear(12, 9), neuron(0.4, 0.3, reset, firing, False, shape(9), gen),
+                  nn.Linear(9, 5), neuron(0.4, 0.3, reset, firing, False, shape(5), gen)]
+        inp = (3, 4)
+    net = sr.SpikingNetwork(layers)
+    scale_weights(net, 2.0)
+    x = torch.rand(3, *inp, generator=gen)
+    lower, upper = sr.DigitalLinf(eps=0.1).bounds(x, steps=3, generator=gen)
+    return net, lower, upper, torch.randint(0, 5, (3,), generator=gen), gen
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("firing", [">", ">="])
+@pytest.mark.parametrize("conv", [False, True])
+def test_bounds_through_kernels_equal_torch_and_are_sound(host_kernels, reset, firing, conv):
+    net, lower, upper, labels, gen = _net(reset, firing, per_neuron=True, seed=3, conv=conv)
+    with torch.no_grad():
+        with kernels.use_kernels("torch"):
+            ref = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")}
+        got = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")}
+    assert "ibp_forward_f32" in host_kernels.calls and "crown_backward_f32" in host_kernels.calls
+    assert torch.equal(got["ibp"], ref["ibp"])
+    assert torch.allclose(got["crown-ibp"], ref["crown-ibp"], atol=1e-5)
+    assert_sound(net, net, lower, upper, labels, samples=30, gen=gen, methods=("ibp", "crown-ibp"))
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_certified_loss_gradient_through_kernels(host_kernels, reset, method):
+    """Training: the certified loss's parameter gradients through the backward kernels
+    equal torch's autograd (float32, to rounding of sums in another order)."""
+    net, lower, upper, labels, _ = _net(reset, ">", per_neuron=False, seed=5)
+    images = torch.rand(3, 3, 4, generator=torch.Generator().manual_seed(1))
+    pert = sr.DigitalLinf(0.1)
+
+    def grads():
+        torch.manual_seed(0)
+        loss = sr.certified_loss(net, images, labels, pert, steps=3, method=method)
+        return torch.autograd.grad(loss, list(net.parameters()))
+
+    with kernels.use_kernels("torch"):
+        ref = grads()
+    host_kernels.calls.clear()
+    got = grads()
+    assert "ibp_backward_f32" in host_kernels.calls
+    assert ("crown_grad_f32" in host_kernels.calls) == (method == "crown-ibp")
+    for r, g in zip(ref, got):
+        assert torch.allclose(r, g, rtol=1e-5, atol=1e-6)
+
+
+# -- the switch -----------------------------------------------------------------------------------------------------
+def test_switch_env_and_context(monkeypatch):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    assert kernels.kernel_backend() == "auto"
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert kernels.kernel_backend() == "torch"
+    with kernels.use_kernels("cupy"):
+        assert kernels.kernel_backend() == "cupy"
+        with kernels.use_kernels("auto"):
+            assert kernels.kernel_backend() == "auto"
+    assert kernels.kernel_backend() == "torch"
+    monkeypatch.setenv(kernels.ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match="SNN_ROBUST_KERNELS must be one of"):
+        kernels.kernel_backend()
+    with pytest.raises(ValueError, match="use_kernels"):
+        with kernels.use_kernels("fast"):
+            pass
+
+
+def test_forcing_torch_and_auto_on_cpu_run_the_reference():
+    net, lower, upper, labels, _ = _net("zero", ">", per_neuron=False, seed=2)
+    with kernels.use_kernels("torch"):
+        ref = sr.compute_bounds(net, lower, upper, labels, method="crown-ibp")
+    with kernels.use_kernels("auto"):  # CPU tensors: the torch code
+        assert torch.equal(sr.compute_bounds(net, lower, upper, labels, method="crown-ibp"), ref)
+    assert not kernels.use_cupy(lower)
+
+
+def test_forcing_cupy_without_cuda_is_a_clear_error(monkeypatch):
+    net, lower, upper, labels, _ = _net("zero", ">", per_neuron=False, seed=2)
+    with kernels.use_kernels("cupy"):
+        with pytest.raises(RuntimeError, match=r"needs CUDA tensors.*\.to\('cuda'\)"):
+            sr.compute_bounds(net, lower, upper, labels, method="ibp")
+
+    class FakeCuda:  # a CUDA tensor as the switch sees it, on a machine without CuPy
+        is_cuda, dtype, device = True, torch.float32, "cuda:0"
+
+    monkeypatch.setattr(kernels, "cupy_available", lambda: False)
+    with kernels.use_kernels("cupy"), pytest.raises(RuntimeError, match=r"needs CuPy.*snn-robust\[cupy\]"):
+        kernels.use_cupy(FakeCuda())
+    assert not kernels.use_cupy(FakeCuda())  # auto: quietly the torch code
+
+
+# -- on a GPU with CuPy ---------------------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.cupy_available()), reason="needs CUDA and CuPy")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_gpu_kernels_equal_torch_on_gpu(dtype, reset):
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for seed in range(3):
+            c = dict(dtype=dtype, reset=reset, decay_reset=True, exact_points=True, per_neuron=bool(seed % 2),
+                     alpha=0.25, th=0.25, scale=1.0, T=5, B=4, shape=(2, 3, 3), points=0.5, seed=seed)
+            spl, spu, lif = _ibp_inputs(c)
+            spl, spu, lif = spl.cuda(), spu.cuda(), lif.cuda()
+            ref = _reference_interval(spl, spu, lif, True)
+            got = kernels.lif_interval(spl, spu, lif.alpha, lif.threshold, lif.input_scale, lif.kappa,
+                                       reset == "zero", True, unit_roundoff(dtype, spl.device))
+            assert all(torch.equal(r, g) for r, g in zip(ref, got))
+        net, lower, upper, labels, gen = _net(reset, ">=", per_neuron=True, seed=4, conv=True)
+        net, lower, upper, labels = net.cuda().to(dtype), lower.cuda().to(dtype), upper.cuda().to(dtype), labels.cuda()
+        with torch.no_grad():
+            with kernels.use_kernels("torch"):
+                ref = [sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")]
+            with kernels.use_kernels("cupy"):
+                got = [sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")]
+        assert torch.equal(got[0], ref[0]) and torch.allclose(got[1], ref[1], atol=1e-6)
+        with kernels.use_kernels("cupy"):
+            assert_sound(net, net, lower, upper, labels, samples=30, gen=gen, methods=("ibp", "crown-ibp"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+
+
+@gpu
+def test_gpu_certified_loss_gradient_equals_torch():
+    net, lower, upper, labels, _ = _net("zero", ">", per_neuron=False, seed=5)
+    net, labels = net.cuda(), labels.cuda()
+    images = torch.rand(3, 3, 4, device="cuda")
+
+    def grads():
+        torch.manual_seed(0)
+        loss = sr.certified_loss(net, images, labels, sr.DigitalLinf(0.1), steps=3, method="ibp")
+        return torch.autograd.grad(loss, list(net.parameters()))
+
+    with kernels.use_kernels("torch"):
+        ref = grads()
+    with kernels.use_kernels("cupy"):
+        got = grads()
+    assert all(torch.allclose(r, g, rtol=1e-5, atol=1e-6) for r, g in zip(ref, got))
