@@ -274,3 +274,12 @@ def test_bad_inputs_raise_clear_errors(net):
         SpikeCompatibleAttack(0.1, loss="mse")
     with pytest.raises(ValueError, match="n_iter"):
         GreedyFlip(0.1, n_iter=0)
+    for bad in (0, -0.1, float("inf")):
+        for cls in (EOTPGD, SpikeCompatibleDigitalAttack):
+            with pytest.raises(ValueError, match=f"{cls.__name__}: step_size"):
+                cls(0.1, step_size=bad)
+    with pytest.raises(TypeError, match="step_size"):
+        SpikeCompatibleDigitalAttack(0.1, step_size=None)  # only EOTPGD derives a default from None
+    assert EOTPGD(0.1, step_size=None).step_size is None
+    with pytest.raises(ValueError, match="time_steps"):
+        EOTPGD(0.1, time_steps=0)

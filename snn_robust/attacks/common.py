@@ -107,6 +107,13 @@ def _check_images(x: Tensor, labels: Tensor, cls: str) -> None:
     _check_labels(labels, x.shape[0], cls)
 
 
+def _spike_start(x: Tensor, labels: Tensor, box: tuple[Tensor, Tensor] | None, cls: str) -> tuple[Tensor, Tensor]:
+    """Check a spike attack's input, labels and box; return the admissible positions and the
+    clean input, both ``[B, D]``."""
+    _check_spikes(x, labels, cls)
+    return _check_box(box, x, cls), _flat(x)
+
+
 def _check_box(box: tuple[Tensor, Tensor] | None, x: Tensor, cls: str) -> Tensor:
     """Admissible positions ``[B, D]``: where the box leaves the element free."""
     if box is None:

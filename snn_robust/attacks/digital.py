@@ -11,6 +11,7 @@ from torch import Tensor
 from ..coding import bernoulli_encode, image_coding
 from ..network import SpikingNetwork
 from ..neuron import Rectangular
+from ..validation import check_number
 from .common import (
     Attack,
     Callback,
@@ -33,8 +34,26 @@ def _project(x: Tensor, x0: Tensor, eps: float) -> Tensor:
     return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0.0, 1.0)
 
 
+class _ImageAttack(Attack):
+    """What the attacks on images share: their input kind and the checks of ``time_steps``
+    and ``step_size`` (``None``: a default derived from the other parameters)."""
+
+    input_kind: ClassVar[str] = "digital"
+    time_steps: int
+    step_size: float | None
+
+    def _check_image_attack(self, step_size_may_be_none: bool) -> str:
+        """The common checks, then this attack's class name (for the caller's own checks)."""
+        self._check_common()
+        name = type(self).__name__
+        _check_positive_int(self.time_steps, "time_steps", name)
+        if not (self.step_size is None and step_size_may_be_none):
+            check_number(f"{name}: step_size", self.step_size, 0.0, low_open=True)
+        return name
+
+
 @dataclass(frozen=True)
-class SpikeCompatibleDigitalAttack(Attack):
+class SpikeCompatibleDigitalAttack(_ImageAttack):
     """Spike-compatible gradient attack on a rate-coded image (Liang et al.; Eq. 6, digital case).
 
     Each iteration draws a fresh Bernoulli coding ``s = [x_n > rand_t]`` (``time_steps``
@@ -65,15 +84,10 @@ class SpikeCompatibleDigitalAttack(Attack):
     random_fraction: float = 0.05
     loss: Literal["ce", "margin"] = "ce"
     surrogate: Rectangular | None = None
-    input_kind: ClassVar[str] = "digital"
 
     def __post_init__(self) -> None:
-        self._check_common()
-        name = type(self).__name__
-        _check_positive_int(self.time_steps, "time_steps", name)
+        name = self._check_image_attack(step_size_may_be_none=False)
         _check_fraction(self.random_fraction, "random_fraction", name)
-        if not self.step_size > 0:
-            raise ValueError(f"{name}: step_size must be positive, got {self.step_size!r}")
 
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None) -> Tensor:
@@ -104,7 +118,7 @@ class SpikeCompatibleDigitalAttack(Attack):
 
 
 @dataclass(frozen=True)
-class EOTPGD(Attack):
+class EOTPGD(_ImageAttack):
     """PGD with expectation over Bernoulli codings (EOT-PGD), l_inf, on a rate-coded image.
 
     A stronger reference attack for honest evaluation of rate-coded models. From a random
@@ -136,15 +150,10 @@ class EOTPGD(Attack):
     time_steps: int = 10
     loss: Literal["ce", "margin"] = "ce"
     surrogate: Rectangular | None = None
-    input_kind: ClassVar[str] = "digital"
 
     def __post_init__(self) -> None:
-        self._check_common()
-        name = type(self).__name__
+        name = self._check_image_attack(step_size_may_be_none=True)
         _check_positive_int(self.samples, "samples", name)
-        _check_positive_int(self.time_steps, "time_steps", name)
-        if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"{name}: step_size must be positive, got {self.step_size!r}")
 
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None) -> Tensor:

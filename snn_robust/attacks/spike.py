@@ -15,14 +15,13 @@ from ..neuron import Rectangular
 from .common import (
     Attack,
     Callback,
-    _check_box,
     _check_fraction,
     _check_positive_int,
-    _check_spikes,
     _count,
     _flat,
     _input_grad,
     _select,
+    _spike_start,
     _unflat,
     attack_surrogate,
     spike_compatible_direction,
@@ -90,9 +89,7 @@ class SpikeCompatibleAttack(Attack):
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None, box: tuple[Tensor, Tensor] | None = None) -> Tensor:
         name = type(self).__name__
-        _check_spikes(x, y, name)
-        admissible = _check_box(box, x, name)
-        x0 = _flat(x)
+        admissible, x0 = _spike_start(x, y, box, name)
         xf = x0.clone()
         B, D = xf.shape
         k_total, k_iter, k_rand = self.budgets(D)
@@ -175,9 +172,7 @@ class GreedyFlip(Attack):
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None, box: tuple[Tensor, Tensor] | None = None) -> Tensor:
         name = type(self).__name__
-        _check_spikes(x, y, name)
-        admissible = _check_box(box, x, name)
-        x0 = _flat(x)
+        admissible, x0 = _spike_start(x, y, box, name)
         best = x0.clone()
         broken = torch.zeros(x0.shape[0], dtype=torch.bool, device=x.device)
         if self.budgets(x0.shape[1])[0] == 0:
