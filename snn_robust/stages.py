@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .coding import time_major
 from .datasets import dataset_spec
 from .modelfile import save_model
 from .training import TrainConfig, fit
@@ -21,7 +22,7 @@ __all__ = ["train_and_save"]
 
 
 def _time_major(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    return x.transpose(0, 1), y
+    return time_major(x), y
 
 
 def train_and_save(out: str | os.PathLike[str], net: SpikingNetwork, *, arch: str, dataset: str, train_set: Any,
