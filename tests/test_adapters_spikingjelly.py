@@ -329,6 +329,24 @@ def test_cupy_backed_model_converts_and_matches_in_eval():
     assert all(torch.equal(a, b) for a, b in zip(trains, net.simulate(x), strict=True))
 
 
+@pytest.mark.skipif(not LEGACY, reason="backend='cupy' exists in SpikingJelly 0.0.0.0.14")
+def test_cupy_backed_model_trains_with_the_certified_loss():
+    """Certified training of a CuPy-backed model (issue 14): the bound runs on the twin (the
+    backend is ignored) and its gradient reaches the model's own parameters."""
+    cfg = dict(arch="fc", kind="LIF", mode="m", wrap="sj", v_reset=0.0, decay_input=False, tau=2.0, th=1.0, exact=True, steps=6, seed=8)
+    model, x, gen = make(cfg)
+    for m in model.modules():
+        if isinstance(m, NODE_TYPES):
+            m._backend = "cupy"  # set past the CuPy import check: the twin never calls the node
+    net = sr.from_spikingjelly(model)
+    labels = torch.randint(0, net(x).shape[1], (x.shape[1],), generator=gen)
+    loss = sr.certified_loss(net, x, labels, sr.SpikeL0(0.05), steps=3, method="crown-ibp", generator=gen)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    assert any(bool(g.abs().sum() > 0) for g in grads)
+
+
 # -- refusals -------------------------------------------------------------------------------
 class NotSequential(nn.Module):
     def __init__(self):
