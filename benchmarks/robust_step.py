@@ -20,6 +20,7 @@ the peak resident set during the step minus the resident set just before it
     python benchmarks/robust_step.py [--models fc conv] [--methods crown-ibp ibp fused]
         [--threads 1 2] [--repeats 5] [--weights runs/h4/mnist-fc-quick-2/natural/model.pt ...]
     python benchmarks/robust_step.py --memory [--models fc conv] [--methods ...]
+    python benchmarks/robust_step.py --losses --weights runs/h4/mnist-fc-quick-2/robust/model.pt
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 import snn_robust as sr
+from snn_robust.bounds.loss_fusion import FUSED_METHODS, fused_ce_bound
+from snn_robust.loss import bound_logits
 from snn_robust.models import paper_model
 
 STEP_KINDS = ("crown-ibp", "ibp", "fused")
@@ -67,13 +70,15 @@ def _network(arch: str, weights: str | None) -> sr.SpikingNetwork:
     return paper_model(arch, "mnist")
 
 
-def steps(net: sr.SpikingNetwork, kind: str, batch: int, eps: float, tprime: int = 3) -> tuple[Callable, Callable]:
-    """``(natural, robust)`` step closures on a fixed random batch."""
+def steps(net: sr.SpikingNetwork, kind: str, batch: int, eps: float, tprime: int = 3,
+          device: str = "cpu") -> tuple[Callable, Callable]:
+    """``(natural, robust)`` step closures on a fixed random batch (on ``device``, where
+    ``net`` must be too; benchmarks/gpu_step.py times them on a GPU)."""
     opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
-    images = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1))
+    images = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
     pert = sr.DigitalLinf(eps)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     method = "ibp" if kind == "ibp" else "crown-ibp"
 
     def natural() -> None:
@@ -144,6 +149,26 @@ def memory(arch: str, weights: str | None, kind: str, batch: int, eps: float) ->
     return out
 
 
+def losses(weights: list[str], data: str, batch: int, eps: float, tprime: int = 3) -> None:
+    """The bound loss of each bound kind on MNIST test images (how tight the fused bound is
+    next to the C-1 margin losses), one Bernoulli draw shared by all, no gradients."""
+    from certify_throughput import _images
+
+    x, y, source = _images(data, batch)
+    lower, upper = sr.DigitalLinf(eps).bounds(x, tprime, torch.Generator().manual_seed(0))
+    for path in weights:
+        net = _network("fc", path)
+        with torch.no_grad():
+            clean = F.cross_entropy(net(sr.bernoulli_encode(x, 10, torch.Generator().manual_seed(0))), y)
+            row = {"model": path, "inputs": source, "eps": eps, "tprime": tprime, "clean_ce_rates": round(float(clean), 4)}
+            for method in ("ibp", "crown-ibp", "crown-ibp-adaptive"):
+                margins = sr.compute_bounds(net, lower, upper, y, method=method)
+                row[f"{method}_margins"] = round(float(F.cross_entropy(bound_logits(margins, y), y)), 4)
+            for method in FUSED_METHODS[1:]:
+                row[f"{method}_fused"] = round(float(fused_ce_bound(net, lower, upper, y, method=method).mean()), 4)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         arch, weights, kind, which, batch, eps = sys.argv[2:8]
@@ -158,7 +183,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op threads, one run each")
     parser.add_argument("--weights", nargs="*", default=[], help="trained FC model files to time too")
     parser.add_argument("--memory", action="store_true", help="peak memory per step (fresh subprocesses) instead of time")
+    parser.add_argument("--losses", action="store_true", help="bound loss values of --weights on MNIST test images")
+    parser.add_argument("--data", default="data")
     args = parser.parse_args()
+    if args.losses:
+        losses(args.weights, args.data, args.batch, args.eps)
+        return
     print(f"torch {torch.__version__}, load average {os.getloadavg()}")
     cases = [(arch, None) for arch in args.models] + [("fc", w) for w in args.weights]
     for arch, weights in cases:
