@@ -234,9 +234,11 @@ def test_crown_recurrence_gradients_match_autograd(harness, hard, unit, diffs, T
 # -- the whole bound through the kernels' path ----------------------------------------------------------------------
 @pytest.fixture
 def host_kernels(harness, monkeypatch):
-    """Route the bound code's kernel dispatch to the host harness (CPU tensors)."""
+    """Route the bound code's kernel dispatch to the host harness (CPU tensors) unless
+    ``use_kernels("torch")`` forces the reference."""
     counting = Counting(harness)
-    monkeypatch.setattr(kernels, "use_cupy", lambda *tensors, supported=True: supported)
+    monkeypatch.setattr(kernels, "use_cupy",
+                        lambda *tensors, supported=True: supported and kernels.kernel_backend() != "torch")
     monkeypatch.setattr(kernels, "_launcher", lambda: counting)
     return counting
 
@@ -268,6 +270,7 @@ def test_bounds_through_kernels_equal_torch_and_are_sound(host_kernels, reset, f
     with torch.no_grad():
         with kernels.use_kernels("torch"):
             ref = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")}
+        assert not host_kernels.calls
         got = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")}
     assert "ibp_forward_f32" in host_kernels.calls and "crown_backward_f32" in host_kernels.calls
     assert torch.equal(got["ibp"], ref["ibp"])
@@ -291,12 +294,45 @@ def test_certified_loss_gradient_through_kernels(host_kernels, reset, method):
 
     with kernels.use_kernels("torch"):
         ref = grads()
-    host_kernels.calls.clear()
+    assert not host_kernels.calls
     got = grads()
     assert "ibp_backward_f32" in host_kernels.calls
     assert ("crown_grad_f32" in host_kernels.calls) == (method == "crown-ibp")
     for r, g in zip(ref, got):
         assert torch.allclose(r, g, rtol=1e-5, atol=1e-6)
+
+
+class FrameworkLIF(sr.LIF):
+    """A neuron with its own charge formula, as the adapters' twins have."""
+
+    def charge(self, m_prev, s_prev, sp):
+        return self.alpha * (m_prev - s_prev * m_prev) + self.input_scale * sp
+
+
+def test_own_charge_formula_keeps_the_ibp_loop_in_torch_under_same_kernel(host_kernels):
+    """The S-IBP kernel repeats LIF.charge only: with exact fixed points on (the default
+    error model) a neuron with another charge formula runs the torch loop; S-CROWN's loop,
+    which has no charge, still runs in the kernel; with "any-order" (no fixed points) the
+    kernel takes the S-IBP loop too, with the torch loop's results."""
+    from snn_robust.bounds.rounding import set_error_model
+
+    torch.manual_seed(0)
+    net = sr.SpikingNetwork([nn.Flatten(), nn.Linear(12, 9), FrameworkLIF(0.5, 0.3), nn.Linear(9, 5),
+                             FrameworkLIF(0.5, 0.3)])
+    gen = torch.Generator().manual_seed(0)
+    lower, upper = sr.DigitalLinf(eps=0.1).bounds(torch.rand(3, 3, 4, generator=gen), steps=3, generator=gen)
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        sr.compute_bounds(net, lower, upper, labels, method="crown-ibp")
+        assert "ibp_forward_f32" not in host_kernels.calls and "crown_backward_f32" in host_kernels.calls
+        previous = set_error_model("any-order")
+        try:
+            got = sr.compute_bounds(net, lower, upper, labels, method="ibp")
+            with kernels.use_kernels("torch"):
+                ref = sr.compute_bounds(net, lower, upper, labels, method="ibp")
+        finally:
+            set_error_model(previous)
+    assert "ibp_forward_f32" in host_kernels.calls and torch.equal(got, ref)
 
 
 # -- the switch -----------------------------------------------------------------------------------------------------
