@@ -12,6 +12,7 @@ from ..network import SpikingNetwork
 from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
 from .ibp import IBPResult, s_ibp
+from .intermediate import full_intervals
 from .rounding import grid_tolerance, round_to_grid
 
 __all__ = ["compute_bounds", "margin_spec", "METHODS"]
@@ -40,6 +41,20 @@ def _maximum(bounds: list[Tensor]) -> Tensor:
     return lb
 
 
+def _full(network: SpikingNetwork, lower: Tensor, upper: Tensor, spec: Tensor) -> list[Tensor]:
+    """``crown-full``'s bounds ``[B, S]``: S-IBP's and the backward pass's (with stops) on
+    the intervals tightened by full S-CROWN (:mod:`~snn_robust.bounds.intermediate`)."""
+    full = full_intervals(network, lower, upper)
+    return [_ibp_spec_lower(full, spec), s_crown(network, full, lower, upper, spec, stops=True)]
+
+
+def _expensive(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, spec: Tensor) -> Tensor:
+    """The maximum of ``crown-full``'s bounds and the optimised S-CROWN's (on S-IBP's
+    intervals, so ``best`` stays at least ``crown-ibp-optimized`` by construction: the
+    optimisation is not monotone in the intervals)."""
+    return _maximum(_full(network, lower, upper, spec) + [s_crown_optimized(network, ibp, lower, upper, spec)])
+
+
 def _optimized_unverified(
     network: SpikingNetwork,
     ibp: IBPResult,
@@ -49,9 +64,9 @@ def _optimized_unverified(
     cheap: list[Tensor],
     finish,
 ) -> Tensor:
-    """``best``'s early exit: the optimised S-CROWN bound ``[B, S]`` on the samples the
-    ``cheap`` bounds (each ``[B, S]``, unrounded; ``finish`` rounds them as the result) do
-    not verify, scattered into ``cheap[-1]`` (already in the maximum) elsewhere, so the
+    """``best``'s early exit: the expensive bounds (:func:`_expensive`), ``[B, S]``, on
+    the samples the ``cheap`` bounds (each ``[B, S]``, unrounded; ``finish`` rounds them
+    as the result) do not verify, scattered into ``cheap[-1]`` (already in the maximum) elsewhere, so the
     maximum and its gradient on verified samples are the cheap methods'."""
     with torch.no_grad():
         lb = _maximum(cheap)
@@ -60,11 +75,10 @@ def _optimized_unverified(
     if todo.numel() == 0:
         return cheap[-1]
     if todo.numel() == B:
-        return s_crown_optimized(network, ibp, lower, upper, spec)
-    # S-IBP again on the subset (cheap next to the 20 S-CROWN passes; per sample, so the
-    # subset's intervals are the batch's)
+        return _expensive(network, ibp, lower, upper, spec)
+    # S-IBP again on the subset (per sample, so the subset's intervals are the batch's)
     sub_l, sub_u = lower[:, todo], upper[:, todo]
-    sub = s_crown_optimized(network, s_ibp(network, sub_l, sub_u), sub_l, sub_u, spec[todo])
+    sub = _expensive(network, s_ibp(network, sub_l, sub_u), sub_l, sub_u, spec[todo])
     return cheap[-1].index_copy(0, todo, sub)
 
 
@@ -147,10 +161,12 @@ def compute_bounds(
             sample (the tightest margins everywhere) instead of the early exit below.
 
     **``best`` with early exit.** ``best`` is the maximum over the methods, and the
-    optimised S-CROWN costs ``iterations`` (20) S-CROWN passes. With labels and
+    optimised S-CROWN costs ``iterations`` (20) S-CROWN passes, ``crown-full`` two
+    backward rows per unstable membrane of the later layers. With labels and
     ``exhaustive=False`` the cheap methods (``ibp``, ``crown-ibp``, ``crown-ibp-adaptive``)
     run first on the whole batch; a sample whose cheap margins (rounded as below) are all
-    ``> 0`` is verified already, and the optimised S-CROWN runs only on the others
+    ``> 0`` is verified already, and ``crown-full`` and the optimised S-CROWN run only on
+    the others
     (its Adam weights are per sample). A maximum of sound bounds that is ``> 0`` stays
     ``> 0`` when more bounds join it, so the verified set is the exhaustive one's and
     unverified samples get the exhaustive margins, exactly in exact arithmetic; in float32
@@ -243,6 +259,8 @@ def compute_bounds(
         found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False))
     if method in ("crown-ibp-adaptive", "best"):
         found.append(s_crown(network, ibp, lower, upper, spec, adaptive=True))
+    if method == "crown-full" or (method == "best" and (exhaustive or labels is None)):
+        found.extend(_full(network, lower, upper, spec))
     if method == "crown-ibp-optimized" or (method == "best" and (exhaustive or labels is None)):
         found.append(s_crown_optimized(network, ibp, lower, upper, spec))
     elif method == "best":

@@ -1,0 +1,118 @@
+"""Full S-CROWN: intermediate membrane bounds from backward passes (``crown-full``).
+
+Shape glossary: ``T`` steps, ``B`` batch, ``N`` a layer's neurons (flattened), ``R`` the
+most unstable (step, neuron) pairs of one sample in a layer, ``S`` specification rows.
+
+CROWN-IBP (Algorithm 2 of the paper, ``crown-ibp``) relaxes every LIF layer with the
+membrane intervals of S-IBP. Full CROWN bounds those membranes themselves by backward
+passes: for layer ``k`` and every (step ``t``, neuron ``j``) whose S-IBP interval
+touches the threshold, the rows ``+e_{t,j}`` and ``-e_{t,j}`` on the membranes
+``m_t[k]`` are walked back to the input exactly as a margin is (fire lines, reset
+planes, exact spatial transposes, concretisation at the input and at every hidden spike
+layer, ``s_crown(stops=True)``), giving a lower and an upper bound on ``m_t[k, j]``.
+Each is intersected with S-IBP's interval (both are sound, so the intersection is) and
+S-IBP is run again with the intersections as clips, so the carries of layer ``k`` and
+every later layer's intervals shrink too; then layer ``k + 1``. The final margin bound
+is ``crown-ibp``'s construction (S-IBP's bound, and the backward pass with stops, their
+maximum) on the tightened intervals.
+
+Only unstable membranes get rows (a stable neuron's relaxation is a constant already, so
+a tighter interval cannot change it), as auto_LiRPA does for unstable ReLUs; the rows
+of one layer are walked in chunks so that no coefficient tensor exceeds
+``max_elements``. The first layer is skipped: its membrane at step ``t`` is the spatial
+image of the step-``t`` input plus the carry, which depends only on earlier steps'
+inputs, so S-IBP's sum of intervals over disjoint inputs is already what a backward pass
+would find up to the carry's relaxation.
+
+**Soundness in floating point.** A backward pass from a membrane pays the same rounding
+terms as one from a margin: every float membrane it substitutes (including the target
+one) differs from the exact charge by at most its error bound (``ibp.charge_errors``,
+spatial rounding included), paid as ``|coefficient| . error`` in the bias
+(:func:`~snn_robust.bounds.crown.s_crown`). So the bound holds for the float membrane of
+any forward pass (ours, snnTorch's, SpikingJelly's), and the clipped intervals keep the
+property S-IBP's had: they contain every float membrane. The cancellations of the
+backward pass itself are covered only by the margin's grid tolerance (as for
+``crown-ibp``); intermediate bounds have no grid, so each is also moved outward by
+``grid_tolerance`` (``1.4e-3`` in float32: the same engineering margin, a far larger
+one than the residues measured).
+
+**Cost.** ``2 R`` backward rows per layer and sample against ``C - 1`` for the margins:
+at eps where many neurons are unstable this is hundreds of S-CROWN passes, so
+``crown-full`` is a certification method (``best`` runs it only on samples the cheaper
+methods leave unverified), not a training loss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..network import SpikingNetwork
+from .crown import s_crown
+from .ibp import IBPResult, s_ibp
+from .rounding import grid_tolerance
+
+__all__ = ["membrane_bounds", "full_intervals"]
+
+MAX_ELEMENTS = 2**24
+"""Largest coefficient tensor (elements) one chunk of membrane rows may create."""
+
+
+def membrane_bounds(
+    network: SpikingNetwork,
+    ibp: IBPResult,
+    lower: Tensor,
+    upper: Tensor,
+    k: int,
+    max_elements: int = MAX_ELEMENTS,
+) -> tuple[Tensor, Tensor]:
+    """Bounds ``[T, B, N...]`` on layer ``k``'s membranes: the backward-pass bound where
+    S-IBP's interval ``ibp.membrane[k]`` is unstable, intersected with that interval;
+    S-IBP's interval elsewhere (module docstring)."""
+    ml, mu = ibp.membrane[k]
+    T, B = ml.shape[:2]
+    shape = ml.shape[2:]
+    N = ml[0, 0].numel()
+    unstable = ibp.stability[k].unstable.reshape(T, B, N).transpose(0, 1).reshape(B, T * N)
+    counts = unstable.sum(1)
+    R = int(counts.max())
+    if R == 0:
+        return ml, mu
+    # per sample, its unstable (step, neuron) pairs first; rows past its count are padding
+    order = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :R]
+    valid = torch.arange(R, device=ml.device).unsqueeze(0) < counts.unsqueeze(1)
+    width = max([N] + [int(m[0][0, 0].numel()) for m in ibp.membrane[:k]])
+    chunk = max(1, min(R, max_elements // (2 * T * B * width)))
+    low = ml.new_full((B, T * N), float("-inf"))
+    high = ml.new_full((B, T * N), float("inf"))
+    tol = grid_tolerance(ml.dtype)
+    rows = torch.arange(B, device=ml.device).unsqueeze(1)
+    for r0 in range(0, R, chunk):
+        idx = order[:, r0:r0 + chunk]  # [B, c]
+        c = idx.shape[1]
+        # coefficients on the membranes: +e_{t,j} (lower bound), then -e_{t,j} (upper)
+        A_m = ml.new_zeros(B, 2 * c, T * N)
+        cols = torch.arange(c, device=ml.device)
+        A_m[rows, cols, idx] = 1.0
+        A_m[rows, cols + c, idx] = -1.0
+        A_m = A_m.reshape(B, 2 * c, T, N).permute(2, 0, 1, 3)
+        lb = s_crown(network, ibp, lower, upper, None, stops=True, start=(k, A_m)) - tol
+        ok = valid[:, r0:r0 + chunk]
+        inf = torch.full_like(lb[:, :c], float("inf"))
+        low = low.scatter(1, idx, torch.where(ok, lb[:, :c], -inf))
+        high = high.scatter(1, idx, torch.where(ok, -lb[:, c:], inf))
+    low = low.reshape(B, T, *shape).transpose(0, 1)
+    high = high.reshape(B, T, *shape).transpose(0, 1)
+    return torch.maximum(ml, low), torch.minimum(mu, high)
+
+
+def full_intervals(network: SpikingNetwork, lower: Tensor, upper: Tensor) -> IBPResult:
+    """S-IBP with every LIF layer after the first clipped by :func:`membrane_bounds`,
+    layer by layer (module docstring)."""
+    ibp = s_ibp(network, lower, upper)
+    clips: dict[int, tuple[Tensor, Tensor]] = {}
+    for k in range(1, len(ibp.membrane)):
+        if not bool(ibp.stability[k].unstable.any()):
+            continue
+        clips[k] = membrane_bounds(network, ibp, lower, upper, k)
+        ibp = s_ibp(network, lower, upper, clips=clips)
+    return ibp
