@@ -3,6 +3,7 @@ stale temporaries, non-finite training, and runs killed with SIGKILL at random p
 still end bit for bit equal to an uninterrupted run."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_training import CONFIG, final_state, reseed_globals, run, strip_time, tiny_data, tiny_net
 
-from snn_robust import DigitalLinf
+from snn_robust import DigitalLinf, EpsSchedule
 from snn_robust.fileio import DamagedFileError, atomic_write_bytes, load_checked, save_checked
 from snn_robust.models import paper_model
 from snn_robust.recipes.pipeline import ModelFileError, load_model, save_model
@@ -26,11 +27,14 @@ from snn_robust.training import (
     PREVIOUS_CHECKPOINT_NAME,
     CheckpointError,
     NonFiniteError,
+    RobustTrainingStep,
     TrainConfig,
     TrainingStep,
     fit,
     load_checkpoint,
+    restore_rng_state,
 )
+from snn_robust.training.state import FitState
 
 TESTS = Path(__file__).parent
 
@@ -119,6 +123,83 @@ def test_a_plain_torch_file_without_checksum_is_read_with_a_warning(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         assert load_checked(tmp_path / "old.pt") == {"step": 3}
     assert "carries no checksum" in caplog.text
+
+
+# -- the fit state: what is saved is what is restored ------------------------------------------
+def _fit_state(seed: int) -> FitState:
+    net = tiny_net(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2], gamma=0.5)
+    step = RobustTrainingStep(DigitalLinf(0.06), EpsSchedule(0.06, ramp_steps=4), steps=3, bound_steps=2,
+                              generator=torch.Generator().manual_seed(seed))
+    return FitState(net, opt, sched, step, CONFIG.to_dict(), repr(DigitalLinf(0.06)))
+
+
+def _advance(state: FitState, x: torch.Tensor, y: torch.Tensor) -> None:
+    metrics = state.training_step(state.net, state.optimizer, x, y)
+    state.lr_scheduler.step()
+    state.step += 1
+    state.batch += 1
+    state.epoch_mean.add(metrics, len(y))
+    state.span_mean.add(metrics, len(y))
+    state.history["steps"].append({"step": state.step, **metrics})
+
+
+def _through_a_file(state: dict) -> dict:
+    """What a checkpoint file gives back: copies (no tensor shared with the live objects),
+    plain data only (``weights_only``)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def _equal(a, b) -> bool:
+    """Deep equality of checkpoint data (tensors exactly)."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
+    return a == b
+
+
+@settings(max_examples=6, deadline=None)
+@given(steps=st.integers(min_value=0, max_value=3))
+def test_the_fit_state_restores_every_field_it_saves(steps):
+    """state_dict -> load_state_dict into a state with other weights and random streams ->
+    state_dict gives the same checkpoint (but the wall time), and both continue identically."""
+    x, y = tiny_data(8).tensors
+    reseed_globals(0)
+    a = _fit_state(0)
+    for _ in range(steps):
+        _advance(a, x, y)
+    saved = _through_a_file(a.state_dict())
+    b = _fit_state(1)
+    _advance(b, x, y)  # b's own progress must be overwritten, not merged
+    b.load_state_dict(saved)
+    again = _through_a_file(b.state_dict())
+    assert again.keys() == saved.keys()
+    assert all(_equal(saved[k], again[k]) for k in saved if k != "time"), [k for k in saved if not _equal(saved[k], again[k])]
+    assert again["time"] >= saved["time"]
+    for state in (a, b):  # the same global RNG before each continuation
+        restore_rng_state(saved["rng"])
+        _advance(state, x, y)
+    assert _equal(a.state_dict()["model"], b.state_dict()["model"])
+    assert _equal(a.history, b.history)
+
+
+def test_the_fit_state_refuses_another_config_or_perturbation():
+    saved = _fit_state(0).state_dict()
+    other = _fit_state(0)
+    other.config["lr"] = 0.5
+    with pytest.raises(CheckpointError, match="different config .*lr: checkpoint"):
+        other.load_state_dict(saved, source="run/last.pt")
+    other = _fit_state(0)
+    other.perturbation = repr(DigitalLinf(0.1))
+    with pytest.raises(CheckpointError, match=r"cannot resume run/last.pt: it was trained with DigitalLinf\(eps=0.06\)"):
+        other.load_state_dict(saved, source="run/last.pt")
 
 
 # -- fit: fallback to the previous checkpoint --------------------------------------------------

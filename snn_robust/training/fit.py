@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,14 +15,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
-from ..fileio import atomic_write_text, remove_stale_temporaries
+from ..fileio import atomic_write_text
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
-from .config import TrainConfig, _config_mismatch, _make_lr_scheduler, _make_optimizer
-from .logs import _environment, _MetricsLog, _row
+from .config import TrainConfig, _make_lr_scheduler, _make_optimizer
+from .logs import _environment, _Mean, _MetricsLog, _row
 from .sampler import EpochBatchSampler
-from .state import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, CheckpointError, _checkpoint_to_resume,
-                    _Mean, _rank_state, atomic_save, capture_rng_state, restore_rng_state)
+from .state import CHECKPOINT_NAME, CheckpointError, CheckpointFiles, FitState
 from .steps import CleanLoss, NonFiniteError, RobustTrainingStep, TrainingStep, _check_positive_int, non_finite_parameters
 
 log = logging.getLogger("snn_robust.training")
@@ -171,43 +170,22 @@ def fit(
     lr_sched = _make_lr_scheduler(opt, config, per_epoch)
     per_step_lr = config.lr_schedule == "cosine"
 
-    epoch, batch, step, elapsed = 0, 0, 0, 0.0
-    history: dict[str, list[dict[str, Any]]] = {"epochs": [], "steps": []}
-    epoch_mean, span_mean = _Mean(), _Mean()
+    state = FitState(net, opt, lr_sched, step_fn, config.to_dict(), repr(perturbation), rank=rank, world=world)
+    files = CheckpointFiles(ckpt_dir) if ckpt_dir is not None else None
     ck = None
     if main:
         try:
-            if ckpt_path is not None:
-                remove_stale_temporaries(ckpt_path)
-            ck = _checkpoint_to_resume(ckpt_path) if resume and ckpt_path is not None else None
+            if files is not None:
+                files.remove_stale()
+            ck = files.newest() if resume and files is not None else None
         except CheckpointError as exc:  # raised on every rank, none waits for the checkpoint
             ck = exc
     ck = distributed.broadcast_object(ck)  # other ranks need no shared file system
     if isinstance(ck, CheckpointError):
         raise ck
     if ck is not None:
-        diff = _config_mismatch(ck["config"], config.to_dict())
-        if diff:
-            raise CheckpointError(f"cannot resume {ckpt_path} with a different config ({'; '.join(diff)}); "
-                                  "use the original config or a new checkpoint_dir")
-        if ck["perturbation"] != repr(perturbation):
-            raise CheckpointError(f"cannot resume {ckpt_path}: it was trained with {ck['perturbation']}, now {perturbation!r}")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        lr_sched.load_state_dict(ck["lr_scheduler"])
-        own = _rank_state(ck, rank, world, config.seed)
-        step_fn.load_state_dict(own["training_step"])
-        restore_rng_state(own["rng"])
-        if "reseed" in own:
-            generator.manual_seed(own["reseed"])
-            log.warning("rank %d: the checkpoint was written by %s processes, now %d: this rank's random coding "
-                        "stream restarts from a seed (weights, data order and step are exact)", rank,
-                        len(ck["ranks"]) if "ranks" in ck else 1, world)
-        epoch, batch, step, elapsed = ck["epoch"], ck["batch"], ck["step"], ck["time"]
-        history = ck["history"]
-        epoch_mean.load_state_dict(ck["epoch_mean"])
-        span_mean.load_state_dict(ck["span_mean"])
-        log.info("resumed %s at epoch %d, batch %d (step %d)", ckpt_path, epoch, batch, step)
+        state.load_state_dict(ck, source=str(ckpt_path))
+        log.info("resumed %s at epoch %d, batch %d (step %d)", ckpt_path, state.epoch, state.batch, state.step)
     elif resume:
         log.debug("no checkpoint at %s yet: training from the start", ckpt_path)  # the normal fresh run
 
@@ -218,64 +196,24 @@ def fit(
             {"config": config.to_dict(), "perturbation": repr(perturbation), "network": repr(net), "environment": _environment()},
             indent=2))
         epoch_log = _MetricsLog(run_path, "metrics")
-        epoch_log.reset(history["epochs"])
+        epoch_log.reset(state.history["epochs"])
         if log_every is not None:
             steps_log = _MetricsLog(run_path, "steps")
-            steps_log.reset(history["steps"])
+            steps_log.reset(state.history["steps"])
 
-    started = time.perf_counter()
-
-    def now() -> float:
-        return elapsed + (time.perf_counter() - started)
-
-    # previous.pt must come from this run: a fresh run's first save drops an older run's
-    # previous.pt and does not keep the older last.pt (a fallback must never revive that run)
-    keep_previous = {"on": ck is not None}
-
-    def save() -> None:
-        if ckpt_path is None:
-            return
-        bad = non_finite_parameters(net)
-        if bad:  # the training step stops first; this guards models changed from outside
-            raise NonFiniteError(f"step {step}: refusing to checkpoint non-finite weights in {', '.join(bad)}")
-        # each rank's random streams, so that a resume with the same number of processes is exact
-        ranks = distributed.gather({"training_step": step_fn.state_dict(), "rng": capture_rng_state()}) if world > 1 else None
-        if not main:
-            return
-        previous = ckpt_path.with_name(PREVIOUS_CHECKPOINT_NAME)
-        if not keep_previous["on"]:
-            previous.unlink(missing_ok=True)
-        atomic_save({
-            "format": CHECKPOINT_FORMAT,
-            "config": config.to_dict(),
-            "perturbation": repr(perturbation),
-            "model": net.state_dict(),
-            "optimizer": opt.state_dict(),
-            "lr_scheduler": lr_sched.state_dict(),
-            "training_step": step_fn.state_dict(),
-            "rng": capture_rng_state(),
-            "epoch": epoch, "batch": batch, "step": step, "time": now(),
-            "history": history,
-            "epoch_mean": epoch_mean.state_dict(),
-            "span_mean": span_mean.state_dict(),
-            "environment": _environment(),
-            **({"ranks": ranks} if ranks is not None else {}),
-        }, ckpt_path, keep_previous=previous if keep_previous["on"] else None)
-        keep_previous["on"] = True
-
-    def stop_now() -> bool:
-        return max_steps is not None and step >= max_steps
-
+    state.start_clock()
+    limit = max_steps if max_steps is not None else math.inf
     total = config.epochs * per_epoch
     show_progress = progress and main  # the other ranks show nothing
-    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=show_progress, initial=min(step, total))
+    bar = progress_bar(total, "robust" if config.robust else "natural", enabled=show_progress,
+                       initial=min(state.step, total))
     completed = False
     try:
-        while epoch < config.epochs and not stop_now():
-            sampler.set_epoch(epoch, batch)
+        while state.epoch < config.epochs and state.step < limit:
+            sampler.set_epoch(state.epoch, state.batch)
             # Its own generator, so that opening the loader draws nothing from torch's global RNG
             # (a resumed epoch opens one loader more than an uninterrupted run).
-            loader_gen = torch.Generator().manual_seed(sampler.epoch_seed(epoch) ^ 0x5EED)
+            loader_gen = torch.Generator().manual_seed(sampler.epoch_seed(state.epoch) ^ 0x5EED)
             loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=loader_gen)
             for x, y in loader:
                 if batch_transform is not None:
@@ -284,43 +222,58 @@ def fit(
                 metrics, n_global = distributed.mean_metrics(step_fn(net, opt, x, y), len(y), dev)
                 if per_step_lr:
                     lr_sched.step()
-                batch += 1
-                step += 1
-                epoch_mean.add(metrics, n_global)
-                span_mean.add(metrics, n_global)
+                state.batch += 1
+                state.step += 1
+                state.epoch_mean.add(metrics, n_global)
+                state.span_mean.add(metrics, n_global)
                 bar.update(1)
                 if show_progress:
                     shown = {k: f"{metrics[k]:.3g}" for k in ("loss", "clean_acc", "verified", "eps") if k in metrics}
-                    bar.set_postfix(epoch=epoch, **shown, refresh=False)
-                if log_every is not None and step % log_every == 0:
-                    row = _row(span_mean, epoch, step, now())
-                    history["steps"].append(row)
+                    bar.set_postfix(epoch=state.epoch, **shown, refresh=False)
+                if log_every is not None and state.step % log_every == 0:
+                    row = _row(state.span_mean, state.epoch, state.step, state.now())
+                    state.history["steps"].append(row)
                     if steps_log is not None:
                         steps_log.append(row)
-                    span_mean = _Mean()
-                if batch < per_epoch and (stop_now() or (checkpoint_every is not None and step % checkpoint_every == 0)):
-                    save()
-                    if stop_now():
+                    state.span_mean = _Mean()
+                due = checkpoint_every is not None and state.step % checkpoint_every == 0
+                if state.batch < per_epoch and (state.step >= limit or due):
+                    _save(state, files)
+                    if state.step >= limit:
                         break
-            if batch < per_epoch:  # stopped by max_steps inside the epoch
+            if state.batch < per_epoch:  # stopped by max_steps inside the epoch
                 break
             extra = None
             if evaluate is not None:
                 net.eval()
                 extra = dict(evaluate(net))
                 net.train()
-            row = _row(epoch_mean, epoch, step, now(), extra)
-            history["epochs"].append(row)
+            row = _row(state.epoch_mean, state.epoch, state.step, state.now(), extra)
+            state.history["epochs"].append(row)
             if epoch_log is not None:
                 epoch_log.append(row)
             if main:
                 log.info("%s", format_row(row, config.epochs, "robust" if config.robust else "natural"))
             if not per_step_lr:
                 lr_sched.step()
-            epoch, batch = epoch + 1, 0
-            epoch_mean = _Mean()
-            save()
-        completed = epoch >= config.epochs
+            state.epoch, state.batch = state.epoch + 1, 0
+            state.epoch_mean = _Mean()
+            _save(state, files)
+        completed = state.epoch >= config.epochs
     finally:
         bar.close()
-    return FitResult(history=history, step=step, epoch=epoch, completed=completed, checkpoint=ckpt_path)
+    return FitResult(history=state.history, step=state.step, epoch=state.epoch, completed=completed, checkpoint=ckpt_path)
+
+
+def _save(state: FitState, files: CheckpointFiles | None) -> None:
+    """Checkpoint ``state`` (rank 0 writes; with several processes every rank must call this,
+    since each one's random streams are gathered)."""
+    if files is None:
+        return
+    bad = non_finite_parameters(state.net)
+    if bad:  # the training step stops first; this guards models changed from outside
+        raise NonFiniteError(f"step {state.step}: refusing to checkpoint non-finite weights in {', '.join(bad)}")
+    # each rank's random streams, so that a resume with the same number of processes is exact
+    ranks = distributed.gather(state.rank_state()) if state.world > 1 else None
+    if state.rank == 0:
+        files.save(state.state_dict(ranks))

@@ -1,4 +1,5 @@
-"""Metric rows and the CSV / JSON-lines files :func:`~snn_robust.training.fit` writes."""
+"""Running metric means, metric rows and the CSV / JSON-lines files :func:`~snn_robust.training.fit`
+writes, and the environment record."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,30 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .state import _Mean
+
+class _Mean:
+    """Batch-size-weighted running means of metric floats (checkpointable)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weight = 0.0
+        self.last: dict[str, float] = {}
+
+    def add(self, metrics: Mapping[str, float], weight: float) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+        self.weight += weight
+        self.last = dict(metrics)
+
+    def means(self) -> dict[str, float]:
+        return {k: s / self.weight for k, s in self.sums.items()} if self.weight else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "weight": self.weight, "last": dict(self.last)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sums, self.weight, self.last = dict(state["sums"]), float(state["weight"]), dict(state["last"])
+
 
 _ROW_ORDER = ("epoch", "step", "clean_acc", "clean_loss", "bound_loss", "loss", "verified", "eps", "lr", "grad_norm", "time")
 

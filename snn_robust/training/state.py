@@ -1,10 +1,13 @@
-"""What a training run carries between steps and across a restart: RNG states, checkpoint
-files (atomic, checksummed, with a previous one kept) and the running metric means."""
+"""What a training run carries across a restart: RNG states, the checkpoint files (atomic,
+checksummed, with the previous one kept: :class:`CheckpointFiles`) and the run's whole state
+(:class:`FitState`, whose ``state_dict`` / ``load_state_dict`` are the one definition of a
+checkpoint's content)."""
 from __future__ import annotations
 
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,18 +15,17 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..fileio import DamagedFileError, load_checked, save_checked
+from ..fileio import DamagedFileError, load_checked, remove_stale_temporaries, save_checked
 from ..validation import non_finite_names
+from .config import _config_mismatch
+from .logs import _environment, _Mean
+from .steps import TrainingStep
 
 log = logging.getLogger("snn_robust.training")
 
 CHECKPOINT_NAME = "last.pt"
-
-
 #: The checkpoint before ``last.pt``, kept so that a damaged newest one costs one interval.
 PREVIOUS_CHECKPOINT_NAME = "previous.pt"
-
-
 CHECKPOINT_FORMAT = 1
 
 
@@ -82,67 +84,6 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return load_checked(path, map_location=map_location)
 
 
-class _Mean:
-    """Batch-size-weighted running means of metric floats (checkpointable)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weight = 0.0
-        self.last: dict[str, float] = {}
-
-    def add(self, metrics: Mapping[str, float], weight: float) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v * weight
-        self.weight += weight
-        self.last = dict(metrics)
-
-    def means(self) -> dict[str, float]:
-        return {k: s / self.weight for k, s in self.sums.items()} if self.weight else {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "weight": self.weight, "last": dict(self.last)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.sums, self.weight, self.last = dict(state["sums"]), float(state["weight"]), dict(state["last"])
-
-
-def _checkpoint_to_resume(path: Path) -> dict[str, Any] | None:
-    """The newest usable checkpoint: ``last.pt``, else ``previous.pt`` with a warning (a
-    damaged ``last.pt`` is renamed ``last.pt.damaged`` so that the next save does not rotate
-    it over the good previous one); ``None`` when neither exists.
-
-    A checkpoint is usable when its checksum holds, it has this format and its weights are
-    finite. Raises :class:`CheckpointError` when files exist but none is usable."""
-    previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
-    problems: list[str] = []
-    for candidate in (path, previous):
-        if not candidate.exists():
-            continue
-        try:
-            ck = load_checkpoint(candidate, map_location="cpu")
-        except DamagedFileError as exc:
-            problems.append(str(exc))
-            continue
-        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("model"), dict):
-            found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-            problems.append(f"{candidate} is not a fit checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT})")
-            continue
-        bad = non_finite_names((k, v) for k, v in ck["model"].items() if torch.is_tensor(v))
-        if bad:
-            problems.append(f"{candidate} holds non-finite weights in {', '.join(bad)}")
-            continue
-        if candidate == previous:
-            reason = "; ".join(problems) if problems else f"{path} is missing (interrupted while saving)"
-            log.warning("resuming from the previous checkpoint %s, one checkpoint interval back: %s", previous, reason)
-            if path.exists():
-                os.replace(path, path.with_name(path.name + ".damaged"))
-        return ck
-    if problems:
-        raise CheckpointError(f"cannot resume: {'; '.join(problems)}; no good checkpoint is left in {path.parent} "
-                              f"(delete {path.name} and {previous.name} there to start over)")
-    return None
-
-
 def _rank_state(ck: Mapping[str, Any], rank: int, world: int, seed: int) -> dict[str, Any]:
     """This rank's training-step and RNG states from a checkpoint: its own when the
     checkpoint was written by as many processes, rank 0's (the main fields) on rank 0; a
@@ -157,3 +98,157 @@ def _rank_state(ck: Mapping[str, Any], rank: int, world: int, seed: int) -> dict
     # a generator state fits one device type only, so the new stream is given as a seed
     state = {**ck["training_step"], "generator": None}
     return {"training_step": state, "rng": ck["rng"], "reseed": distributed.rank_seed(seed, rank) ^ int(ck["step"])}
+
+
+class CheckpointFiles:
+    """The checkpoint pair of a run: ``folder/last.pt`` and ``folder/previous.pt``, the one it
+    replaced (so that a damaged newest checkpoint costs one interval).
+
+    ``previous.pt`` must come from this run: until :meth:`newest` has found a checkpoint of
+    it, the first :meth:`save` drops an older ``previous.pt`` and does not keep the older
+    ``last.pt`` (a fallback must never revive another run)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / CHECKPOINT_NAME
+        self.previous = folder / PREVIOUS_CHECKPOINT_NAME
+        self.keep_previous = False
+
+    def remove_stale(self) -> None:
+        """Delete temporary files left by a save that was killed."""
+        remove_stale_temporaries(self.path)
+
+    def newest(self) -> dict[str, Any] | None:
+        """The newest usable checkpoint: ``last.pt``, else ``previous.pt`` with a warning (a
+        damaged ``last.pt`` is renamed ``last.pt.damaged`` so that the next save does not rotate
+        it over the good previous one); ``None`` when neither exists.
+
+        A checkpoint is usable when its checksum holds, it has this format and its weights are
+        finite. Raises :class:`CheckpointError` when files exist but none is usable."""
+        path, previous = self.path, self.previous
+        problems: list[str] = []
+        for candidate in (path, previous):
+            if not candidate.exists():
+                continue
+            try:
+                ck = load_checkpoint(candidate, map_location="cpu")
+            except DamagedFileError as exc:
+                problems.append(str(exc))
+                continue
+            if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or not isinstance(ck.get("model"), dict):
+                found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+                problems.append(f"{candidate} is not a fit checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT})")
+                continue
+            bad = non_finite_names((k, v) for k, v in ck["model"].items() if torch.is_tensor(v))
+            if bad:
+                problems.append(f"{candidate} holds non-finite weights in {', '.join(bad)}")
+                continue
+            if candidate == previous:
+                reason = "; ".join(problems) if problems else f"{path} is missing (interrupted while saving)"
+                log.warning("resuming from the previous checkpoint %s, one checkpoint interval back: %s", previous, reason)
+                if path.exists():
+                    os.replace(path, path.with_name(path.name + ".damaged"))
+            self.keep_previous = True
+            return ck
+        if problems:
+            raise CheckpointError(f"cannot resume: {'; '.join(problems)}; no good checkpoint is left in {path.parent} "
+                                  f"(delete {path.name} and {previous.name} there to start over)")
+        return None
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Write ``state`` atomically as ``last.pt``; the file it replaces becomes ``previous.pt``."""
+        if not self.keep_previous:
+            self.previous.unlink(missing_ok=True)
+        atomic_save(state, self.path, keep_previous=self.previous if self.keep_previous else None)
+        self.keep_previous = True
+
+
+class FitState:
+    """Everything of a :func:`~snn_robust.training.fit` run that a checkpoint holds, in one
+    object: :meth:`state_dict` writes and :meth:`load_state_dict` reads the same fields, so
+    save and resume cannot drift apart.
+
+    The checkpoint (format :data:`CHECKPOINT_FORMAT`, plain data) holds the run's identity
+    (``config``: ``TrainConfig.to_dict()``; ``perturbation``: the repr of the perturbation
+    set trained against, its eps being ``config["eps"]``), ``model``, ``optimizer``,
+    ``lr_scheduler``, ``training_step`` (step counter, eps schedule, coding generator),
+    ``rng`` (the global RNG states), the counters ``epoch`` / ``batch`` (within the epoch) /
+    ``step``, ``time`` (training seconds across resumptions), ``history`` (the logged rows),
+    the running means ``epoch_mean`` / ``span_mean``, ``environment`` (versions) and, written
+    by several processes, ``ranks`` (each rank's ``training_step`` and ``rng``).
+
+    Args:
+        net, optimizer, lr_scheduler, training_step: the live objects whose states are saved.
+        config: ``TrainConfig.to_dict()`` of the run.
+        perturbation: the perturbation set's repr (the run's identity with ``config``).
+        rank, world: this process's rank and the number of processes.
+    """
+
+    def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 lr_scheduler: torch.optim.lr_scheduler.LRScheduler, training_step: TrainingStep,
+                 config: Mapping[str, Any], perturbation: str, *, rank: int = 0, world: int = 1) -> None:
+        self.net, self.optimizer, self.lr_scheduler, self.training_step = net, optimizer, lr_scheduler, training_step
+        self.config, self.perturbation = dict(config), perturbation
+        self.rank, self.world = rank, world
+        self.epoch, self.batch, self.step, self.elapsed = 0, 0, 0, 0.0
+        self.history: dict[str, list[dict[str, Any]]] = {"epochs": [], "steps": []}
+        self.epoch_mean, self.span_mean = _Mean(), _Mean()
+        self.start_clock()
+
+    def start_clock(self) -> None:
+        """Count training time from now on (on top of :attr:`elapsed`)."""
+        self._started = time.perf_counter()
+
+    def now(self) -> float:
+        """Training seconds so far, across resumptions."""
+        return self.elapsed + (time.perf_counter() - self._started)
+
+    def rank_state(self) -> dict[str, Any]:
+        """This process's random streams: its training step's state and the global RNG states."""
+        return {"training_step": self.training_step.state_dict(), "rng": capture_rng_state()}
+
+    def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint content; ``ranks``: every process's :meth:`rank_state` (several
+        processes, gathered by the caller: the gather is a collective)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config,
+            "perturbation": self.perturbation,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            **self.rank_state(),
+            "epoch": self.epoch, "batch": self.batch, "step": self.step, "time": self.now(),
+            "history": self.history,
+            "epoch_mean": self.epoch_mean.state_dict(),
+            "span_mean": self.span_mean.state_dict(),
+            "environment": _environment(),
+            **({"ranks": ranks} if ranks is not None else {}),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, source: str = "the checkpoint") -> None:
+        """Restore everything :meth:`state_dict` wrote. Raises :class:`CheckpointError`
+        (naming ``source``) when ``state`` was written with another config (fields other
+        than :data:`~snn_robust.training.config.RESUMABLE_CHANGES`) or perturbation set."""
+        diff = _config_mismatch(state["config"], self.config)
+        if diff:
+            raise CheckpointError(f"cannot resume {source} with a different config ({'; '.join(diff)}); "
+                                  "use the original config or a new checkpoint_dir")
+        if state["perturbation"] != self.perturbation:
+            raise CheckpointError(f"cannot resume {source}: it was trained with {state['perturbation']}, now {self.perturbation}")
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        own = _rank_state(state, self.rank, self.world, int(self.config["seed"]))
+        self.training_step.load_state_dict(own["training_step"])
+        restore_rng_state(own["rng"])
+        if "reseed" in own:
+            if self.training_step.generator is not None:
+                self.training_step.generator.manual_seed(own["reseed"])
+            log.warning("rank %d: the checkpoint was written by %s processes, now %d: this rank's random coding "
+                        "stream restarts from a seed (weights, data order and step are exact)", self.rank,
+                        len(state["ranks"]) if "ranks" in state else 1, self.world)
+        self.epoch, self.batch, self.step, self.elapsed = state["epoch"], state["batch"], state["step"], state["time"]
+        self.history = state["history"]
+        self.epoch_mean.load_state_dict(state["epoch_mean"])
+        self.span_mean.load_state_dict(state["span_mean"])
+        self.start_clock()
