@@ -13,6 +13,7 @@ from ..bounds.api import Method, compute_bounds
 from ..evaluate import _batches, _device, _generators
 from ..network import SpikingNetwork
 from ..perturbations import DigitalLinf
+from ..validation import check_positive_int
 
 __all__ = ["CodingCertificate", "certify_over_codings", "clopper_pearson_lower", "coding_certificate_summary"]
 
@@ -39,8 +40,7 @@ def clopper_pearson_lower(successes: Tensor, trials: int, confidence: float) -> 
 
     Example: ``clopper_pearson_lower(torch.tensor([20]), 20, 0.95)`` is ``0.05 ** (1/20)``.
     """
-    if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    trials = check_positive_int("trials", trials)
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
     k = torch.as_tensor(successes).to(torch.float64)
@@ -116,10 +116,8 @@ def certify_over_codings(
             f"{type(perturbation).__name__}; DirectLinf bounds are deterministic (use compute_bounds), and for "
             "event inputs use event_l0_bounds (the whole l_0 ball)"
         )
-    if not isinstance(n_maps, int) or n_maps < 1:
-        raise ValueError(f"n_maps must be a positive integer, got {n_maps!r}")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
+    n_maps = check_positive_int("n_maps", n_maps)
+    max_rows = check_positive_int("max_rows", max_rows)
     if not isinstance(labels, Tensor) or labels.shape != images.shape[:1]:
         raise ValueError(f"labels must be a tensor of shape [{images.shape[0]}], got {getattr(labels, 'shape', labels)}")
     clopper_pearson_lower(torch.zeros(1), n_maps, confidence)  # validates confidence before the costly part

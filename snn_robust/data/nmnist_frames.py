@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..validation import check_positive_int
 from .common import ChecksumError, DatasetNotFoundError, _as_root, _require, _sha256
 
 __all__ = ["NMNIST_SENSOR_SIZE", "NMNISTCheck", "NMNISTFrames", "check_nmnist_recording", "locate_nmnist",
@@ -109,8 +110,7 @@ class NMNISTFrames(Dataset):
         cache: bool = True,
         verify: bool = True,
     ) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        steps = check_positive_int("steps", steps)
         self.root = Path(folder)
         self.split_dir = self.root / _NMNIST_SPLITS[bool(train)]
         if not self.split_dir.is_dir():
