@@ -24,9 +24,9 @@ from snn_robust import kernels
 from snn_robust.bounds.lif import RESETS, CarryLines, Lines, crown_recurrence, ibp_recurrence
 from snn_robust.bounds.rounding import unit_roundoff
 from snn_robust.kernels import _launch
-from snn_robust.kernels.host import HostHarness, compile_ptx, find_compiler
+from snn_robust.kernels.host import HostHarness, compile_ptx, find_compiler, find_nvrtc, nvrtc_ptx
 
-ENTRY_POINTS = [f"{k}_{s}" for k in ("ibp_forward", "ibp_backward", "crown_backward") for s in ("f32", "f64")]
+ENTRY_POINTS = [f"{k}_{s}" for k in ("ibp_forward", "ibp_backward", "crown_backward", "crown_grad") for s in ("f32", "f64")]
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -49,6 +49,16 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert all(f".entry {name}" in out.read_text() for name in ENTRY_POINTS)
+
+
+@pytest.mark.skipif(find_nvrtc() is None, reason="no NVRTC library")
+def test_cuda_source_compiles_with_nvrtc():
+    """What cupy.RawModule does on a GPU machine: NVRTC on the inlined source with the
+    launcher's options."""
+    from snn_robust.kernels import _cupy
+
+    ptx = nvrtc_ptx(_cupy.source(), _cupy.OPTIONS, "compute_90")
+    assert all(f".entry {name}(" in ptx for name in ENTRY_POINTS)
 
 
 @pytest.fixture(scope="module")

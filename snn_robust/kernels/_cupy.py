@@ -30,11 +30,11 @@ def source() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _module(device: int):
+    """The compiled module for one GPU (called with that GPU current)."""
     import cupy
 
-    with cupy.cuda.Device(device):
-        module = cupy.RawModule(code=source(), options=OPTIONS)
-        module.compile()
+    module = cupy.RawModule(code=source(), options=OPTIONS)
+    module.compile()
     return module
 
 
@@ -56,7 +56,10 @@ def launch(name: str, n: int, args: Sequence[Tensor | Scalar]) -> None:
                 raise ValueError(f"CUDA LIF kernel {name}: every tensor must be contiguous on {device}, got one on "
                                  f"{a.device} (contiguous: {a.is_contiguous()})")
             converted.append(np.uint64(a.data_ptr()))  # a pointer is passed by value, 8 bytes
-    kernel = _module(device.index).get_function(name)
     stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream, device.index):
-        kernel(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,), tuple(converted))
+    # torch's device context, not cupy.cuda.Device: CuPy's restores the runtime's device on
+    # exit behind torch's back (the way SpikingJelly's CuPy neurons avoid it too)
+    with torch.cuda.device(device):
+        kernel = _module(device.index).get_function(name)
+        with cupy.cuda.ExternalStream(stream.cuda_stream, device.index):
+            kernel(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,), tuple(converted))

@@ -1,5 +1,5 @@
-"""Compile the kernel sources without a GPU: the CUDA file to PTX with ``nvcc`` (a syntax
-check), and the host harness (the kernels' per-element code looped on the CPU) to a
+"""Compile the kernel sources without a GPU: the CUDA file to PTX with ``nvcc`` and with
+NVRTC (CuPy's compiler; syntax checks), and the host harness (the kernels' per-element code looped on the CPU) to a
 shared library whose entry points are a :data:`~snn_robust.kernels._launch.Launcher`.
 
 The tests use both: the PTX build catches a kernel that does not compile, and the harness,
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._launch import Scalar
 
-__all__ = ["SOURCE_DIR", "find_compiler", "compile_ptx", "HostHarness"]
+__all__ = ["SOURCE_DIR", "find_compiler", "compile_ptx", "find_nvrtc", "nvrtc_ptx", "HostHarness"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 """Where ``lif_ops.cuh``, ``lif_kernels.cu`` and ``host_harness.cpp`` live."""
@@ -57,6 +57,52 @@ def compile_ptx(out_dir: Path | str, arch: str = "sm_80", nvcc: str | None = Non
     _run([nvcc, "-ptx", f"-arch={arch}", "--fmad=false", "-std=c++17", f"-I{SOURCE_DIR}",
           str(SOURCE_DIR / "lif_kernels.cu"), "-o", str(out)])
     return out
+
+
+def find_nvrtc() -> Path | None:
+    """The NVRTC library CuPy compiles with: the system's (``ctypes.util.find_library``) or
+    the one the CUDA build of torch ships (``nvidia/cu*/lib``); ``None`` if neither."""
+    import ctypes.util
+
+    name = ctypes.util.find_library("nvrtc")
+    if name:
+        return Path(name)
+    try:
+        import nvidia  # namespace package of the CUDA runtime wheels torch depends on
+    except ImportError:
+        return None
+    for root in getattr(nvidia, "__path__", []):
+        found = sorted(Path(root).glob("*/lib/libnvrtc.so*"))
+        if found:
+            return found[0]
+    return None
+
+
+def nvrtc_ptx(source: str, options: Sequence[str], arch: str = "compute_90", library: Path | None = None) -> str:
+    """Compile ``source`` with NVRTC (what ``cupy.RawModule`` does) and return the PTX;
+    ``RuntimeError`` with NVRTC's log if it fails."""
+    library = library or find_nvrtc()
+    if library is None:
+        raise FileNotFoundError("nvrtc_ptx: no NVRTC library found")
+    lib = ctypes.CDLL(str(library))
+    prog = ctypes.c_void_p()
+    if lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"lif_kernels.cu", 0, None, None) != 0:
+        raise RuntimeError("nvrtcCreateProgram failed")
+    try:
+        opts = [o.encode() for o in (*options, f"-arch={arch}")]
+        status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        if status != 0:
+            raise RuntimeError(f"NVRTC could not compile the LIF kernels ({arch}):\n{log.value.decode(errors='replace')}")
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, ptx)
+        return ptx.value.decode()
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
 class HostHarness:
