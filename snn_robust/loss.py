@@ -1,6 +1,8 @@
 """The certified (bound-based) training loss (Section 3.3, after CROWN-IBP [38])."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -9,8 +11,12 @@ from .bounds.api import Method, compute_bounds
 from .bounds.loss_fusion import fused_ce_bound
 from .network import SpikingNetwork
 from .perturbations import Perturbation
+from .validation import check_number
 
 __all__ = ["certified_loss", "bound_logits"]
+
+Reduction = Literal["mean", "sum", "none"]
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def bound_logits(margins: Tensor, labels: Tensor) -> Tensor:
@@ -33,8 +39,22 @@ def certified_loss(
     method: Method = "ibp",
     generator: torch.Generator | None = None,
     fusion: bool = False,
-) -> Tensor:
-    """The paper's bound loss ``CE(-[0, lb], y)``, averaged over the batch.
+    *,
+    bound_scale: float = 1.0,
+    reduction: Reduction = "mean",
+    return_margins: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The paper's bound loss ``CE(bound_scale * -[0, lb], y)`` (Section 3.3), averaged over
+    the batch; the one certified loss of the library (:class:`~snn_robust.RobustTrainingStep`
+    and the recipes' evaluation call it).
+
+    ``lb`` are the margin lower bounds (:func:`~snn_robust.compute_bounds` with ``method``)
+    over the input bounds ``perturbation.bounds(x, steps, generator)``, ``steps`` being the
+    paper's ``T'``. ``bound_scale`` multiplies the bound logits (paper: 1). ``reduction``:
+    ``"mean"`` (default), ``"sum"`` or ``"none"`` (one loss per sample, ``[B]``), as in
+    ``torch.nn.functional.cross_entropy``. ``return_margins=True`` returns ``(loss, lb)``
+    with ``lb`` ``[B, C-1]`` (e.g. for the share verified, ``(lb > 0).all(1)``); the margins
+    carry the graph when the loss does.
 
     ``fusion=True`` bounds the cross-entropy itself with one specification row instead of
     the ``C - 1`` margins (:func:`~snn_robust.bounds.loss_fusion.fused_ce_bound`; methods
@@ -63,8 +83,16 @@ def certified_loss(
             f"certified_loss: perturbation must be an snn_robust Perturbation (DigitalLinf, SpikeL0, DirectLinf), "
             f"got {type(perturbation).__name__}"
         )
+    bound_scale = check_number("certified_loss: bound_scale", bound_scale, 0.0, low_open=True)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"certified_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if fusion and (return_margins or bound_scale != 1.0):
+        raise ValueError("certified_loss: fusion=True bounds the cross-entropy itself, without margin bounds; "
+                         "it takes neither return_margins=True nor a bound_scale other than 1")
     lower, upper = perturbation.bounds(x, steps, generator)
     if fusion:
-        return fused_ce_bound(network, lower, upper, labels, method=method).mean()
+        per_sample = fused_ce_bound(network, lower, upper, labels, method=method)
+        return per_sample if reduction == "none" else getattr(per_sample, reduction)()
     margins = compute_bounds(network, lower, upper, labels=labels, method=method)
-    return F.cross_entropy(bound_logits(margins, labels), labels)
+    loss = F.cross_entropy(bound_logits(margins, labels) * bound_scale, labels, reduction=reduction)
+    return (loss, margins) if return_margins else loss

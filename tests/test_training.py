@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from snn_robust import LIF, DigitalLinf, SpikeL0, SpikingNetwork, certified_loss
+from snn_robust import LIF, DigitalLinf, SpikeL0, SpikingNetwork, bound_logits, certified_loss, compute_bounds
 from snn_robust.schedules import EpsSchedule
 from snn_robust.training import (
     CleanLoss,
@@ -154,6 +156,70 @@ def test_robust_step_uses_the_scheduled_eps_and_weights():
     other = RobustTrainingStep(DigitalLinf(0.5), 0.0, generator=torch.Generator())
     other.load_state_dict(state)
     assert other.step == 6 and other.eps_schedule == sched and torch.equal(other.generator.get_state(), step.generator.get_state())
+
+
+@settings(max_examples=12, deadline=None)
+@given(scale=st.floats(0.25, 8.0), method=st.sampled_from(["ibp", "crown-ibp"]), eps=st.floats(0.0, 0.2),
+       seed=st.integers(0, 2**16))
+def test_certified_loss_options_follow_the_definition_and_stay_sound(scale, method, eps, seed):
+    """``reduction="none"`` is ``CE(scale * -[0, lb])`` per sample with ``lb`` from
+    compute_bounds on the same input bounds; "mean" / "sum" reduce it; and every per-sample
+    loss is >= the loss of the true margins of spike inputs drawn inside those bounds, run
+    through the network's own forward pass."""
+    net, (x, y) = tiny_net(), tiny_data(6, seed=seed).tensors
+    pert = DigitalLinf(eps)
+    lower, upper = pert.bounds(x, 3, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        per_sample, margins = certified_loss(net, x, y, pert, 3, method, torch.Generator().manual_seed(seed),
+                                             bound_scale=scale, reduction="none", return_margins=True)
+        reference = compute_bounds(net, lower, upper, labels=y, method=method)
+        assert torch.equal(margins, reference)
+        expected = nn.functional.cross_entropy(bound_logits(reference, y) * scale, y, reduction="none")
+        assert torch.allclose(per_sample, expected, rtol=1e-6, atol=1e-7)
+        for reduction, reduce in (("mean", torch.mean), ("sum", torch.sum)):
+            got = certified_loss(net, x, y, pert, 3, method, torch.Generator().manual_seed(seed), bound_scale=scale,
+                                 reduction=reduction)
+            assert torch.allclose(got, reduce(per_sample), rtol=1e-6)
+        g = torch.Generator().manual_seed(seed + 1)
+        for _ in range(4):
+            spikes = lower + (upper - lower) * (torch.rand(lower.shape, generator=g) < 0.5).float()
+            rates = net(spikes)
+            true_margins = rates.gather(1, y[:, None]) - rates
+            keep = torch.arange(OUT)[None, :] != y[:, None]
+            true = true_margins[keep].view(len(y), OUT - 1)
+            assert (true >= margins - 1e-6).all()
+            sampled = nn.functional.cross_entropy(bound_logits(true, y) * scale, y, reduction="none")
+            assert (per_sample >= sampled - 1e-5).all()
+
+
+def test_certified_loss_refuses_options_that_do_not_fit():
+    net, (x, y) = tiny_net(), tiny_data(4).tensors
+    with pytest.raises(ValueError, match="bound_scale must lie in"):
+        certified_loss(net, x, y, DigitalLinf(0.1), bound_scale=0.0)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        certified_loss(net, x, y, DigitalLinf(0.1), reduction="max")
+    with pytest.raises(ValueError, match="fusion=True .* neither return_margins"):
+        certified_loss(net, x, y, DigitalLinf(0.1), fusion=True, return_margins=True)
+    with pytest.raises(ValueError, match="bound_scale must lie in"):
+        RobustTrainingStep(DigitalLinf(0.1), 0.1, bound_scale=-1.0)
+
+
+def test_robust_step_bound_term_is_certified_loss_at_the_scheduled_eps():
+    """The step's bound loss and verified share are certified_loss's at eps(k), with the
+    step's T', method and bound_scale, the input bounds drawn after the coding."""
+    net, (x, y) = tiny_net(), tiny_data(8).tensors
+    step = RobustTrainingStep(DigitalLinf(0.0), EpsSchedule(0.1, ramp_steps=2), steps=4, bound_steps=2, method="ibp",
+                              bound_scale=3.0, generator=torch.Generator().manual_seed(5))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    g = torch.Generator().manual_seed(5)
+    for k in range(3):
+        out = step(net, opt, x, y)
+        DigitalLinf(0.0).encode(x, 4, g)  # the step's coding draw comes first
+        with torch.no_grad():
+            loss, margins = certified_loss(net, x, y, DigitalLinf(0.05 * min(k, 2)), 2, "ibp", g, bound_scale=3.0,
+                                           return_margins=True)
+        assert math.isclose(out["bound_loss"], float(loss), rel_tol=1e-6)
+        assert out["verified"] == float((margins > 0).all(1).float().mean())
 
 
 def test_grad_clip_bounds_the_update_and_reports_the_unclipped_norm():

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
-from ..bounds.api import METHODS, Method, compute_bounds
-from ..loss import bound_logits
+from ..bounds.api import METHODS, Method
+from ..loss import certified_loss
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
 from ..schedules import EpsSchedule
-from ..validation import check_positive_int, non_finite_names
+from ..validation import check_number, check_positive_int, non_finite_names
 
 CLEAN_LOSSES = ("ce", "mse")
 
@@ -197,8 +197,9 @@ class RobustTrainingStep(TrainingStep):
     ``loss = clean_weight * clean_loss(net(encode(x, T)), y)
     + bound_weight * CE(bound_scale * -[0, lb], y)``
 
-    where ``lb`` are the margin lower bounds (``method``, default CROWN-IBP) over the input
-    bounds ``perturbation.with_eps(eps_schedule(k)).bounds(x, T')``; then backward, clip the
+    where the second term is :func:`~snn_robust.certified_loss` (``lb``: the margin lower
+    bounds by ``method``, default CROWN-IBP, over the input bounds
+    ``perturbation.with_eps(eps_schedule(k)).bounds(x, T')``); then backward, clip the
     gradient norm to ``clip_norm``, optimizer step. The coding is drawn from ``generator``
     before the input bounds are.
 
@@ -258,10 +259,7 @@ class RobustTrainingStep(TrainingStep):
                 raise ValueError(f"clean_weight_start ({clean_weight_start}) must be <= clean_weight + bound_weight "
                                  f"({self.clean_weight + self.bound_weight}), the fixed sum of the two weights")
         self.clean_weight_start = clean_weight_start
-        bound_scale = float(bound_scale)
-        if not (bound_scale > 0 and math.isfinite(bound_scale)):
-            raise ValueError(f"bound_scale must be a positive number, got {bound_scale!r}")
-        self.bound_scale = bound_scale
+        self.bound_scale = check_number("bound_scale", bound_scale, 0.0, low_open=True)
 
     @property
     def eps(self) -> float:
@@ -271,9 +269,8 @@ class RobustTrainingStep(TrainingStep):
     def compute_loss(self, net: SpikingNetwork, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor | float]]:
         clean, metrics = super().compute_loss(net, x, labels)
         eps = self.eps
-        lower, upper = self.perturbation.with_eps(eps).bounds(x, self.bound_steps, self.generator)
-        margins = compute_bounds(net, lower, upper, labels=labels, method=self.method)
-        bound = F.cross_entropy(bound_logits(margins, labels) * self.bound_scale, labels)
+        bound, margins = certified_loss(net, x, labels, self.perturbation.with_eps(eps), self.bound_steps, self.method,
+                                        self.generator, bound_scale=self.bound_scale, return_margins=True)
         metrics["bound_loss"] = bound.detach()
         metrics["verified"] = (margins.detach() > 0).all(dim=1).float().mean()
         metrics["eps"] = eps
