@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import snn_robust as sr
+from snn_robust.coding import DirectCoding, RateCoding, SpikeFrames
 from snn_robust.attacks import EOTPGD, GreedyFlip, SpikeCompatibleAttack, SpikeCompatibleDigitalAttack
 from snn_robust.evaluate import AttackResult, ErrorResult, attack_error, certified_error, clean_error, is_correct
 
@@ -155,6 +156,20 @@ def test_evaluation_is_deterministic_under_seeds(net, images, spikes):
     runs = [attack_error(net, spikes, SpikeCompatibleAttack(0.05, n_iter=4), [0.05], seeds=(5,),
                          progress=False) for _ in range(2)]
     assert runs[0].to_dict() == runs[1].to_dict()
+
+
+def test_coding_objects_and_their_names_agree(net, hard_images, spikes):
+    """A coding object gives the result of its name (converted once at the boundary); spike
+    frames with ``steps`` score the first ``steps`` frames of each recording."""
+    assert clean_error(net, hard_images, coding=RateCoding(T), seeds=(0, 1), progress=False) == clean_error(
+        net, hard_images, coding="rate", time_steps=T, seeds=(0, 1), progress=False)
+    assert clean_error(net, spikes, coding=SpikeFrames(), progress=False) == clean_error(
+        net, spikes, coding="spike", progress=False)
+    first = clean_error(net, (spikes[0][:, :3], spikes[1]), coding="spike", progress=False)
+    short = clean_error(net, spikes, coding=SpikeFrames(3), progress=False)
+    assert short.error == first.error and short.details["coding"] == "spike"
+    with pytest.raises(ValueError, match="input_coding='direct'"):
+        clean_error(net, hard_images, coding=DirectCoding(T), progress=False)
 
 
 def test_results_serialise_to_json(net, images, spikes):
