@@ -290,6 +290,21 @@ def test_bounds_through_kernels_equal_torch_and_are_sound(host_kernels, reset, f
 
 
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_optimized_crown_through_kernels(host_kernels, reset):
+    """The optimised S-CROWN differentiates the coefficient recurrence with respect to the
+    relaxation weights (Adam steps): through the gradient kernel it reaches the torch path's
+    bound (float64, where rounding is not amplified by the steps)."""
+    net, lower, upper, labels, _ = _net(reset, ">", per_neuron=True, seed=7)
+    net, lower, upper = net.double(), lower.double(), upper.double()
+    with torch.no_grad():
+        with kernels.use_kernels("torch"):
+            ref = sr.compute_bounds(net, lower, upper, labels, method="crown-ibp-optimized")
+        got = sr.compute_bounds(net, lower, upper, labels, method="crown-ibp-optimized")
+    assert "crown_grad_f64" in host_kernels.calls
+    assert torch.allclose(got, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
 def test_certified_loss_gradient_through_kernels(host_kernels, reset, method):
     """Training: the certified loss's parameter gradients through the backward kernels
