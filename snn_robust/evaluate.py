@@ -25,21 +25,19 @@ deviation over seeds and every seed's value. All results are dataclasses whose
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from .bounds.api import Method, compute_bounds
-from .coding import Coding, SpikeFrames, as_coding, image_coding
+from .attacks.common import Attack
+from .coding import Coding, as_coding
 from .metrics import AttackResult, ErrorResult, is_correct, summarize
 from .network import SpikingNetwork
 from .perturbations import Perturbation
 from .progress import progress_bar
 from .validation import check_positive_int
-
-if TYPE_CHECKING:
-    from .attacks import Attack
 
 __all__ = [
     "ErrorResult",
@@ -203,7 +201,8 @@ def attack_error(
 
     ``attack.with_eps(e)`` is run on every batch for each ``e`` and seed. A sample counts as
     an error when its clean input or its adversarial input is misclassified, so the attack
-    error is never below the clean error of the same encodings.
+    error is never below the clean error of the same encodings. Clean and adversarial inputs
+    reach the network through ``attack.coding(net, time_steps)``.
 
     * Digital attacks (``attack.input_kind == "digital"``; images, rate coded): the
       adversarial *image* is re-encoded with fresh Bernoulli samples (a generator separate
@@ -215,12 +214,9 @@ def attack_error(
       vary the attack's own randomness.
     """
     _check_batch_size(batch_size)
-    kind = getattr(attack, "input_kind", None)
-    if kind not in ("digital", "spike"):
-        raise TypeError(
-            f"attack must be an snn_robust.attacks.Attack (input_kind 'digital' or 'spike'), got {attack!r}"
-        )
-    coding = image_coding(net, time_steps) if kind == "digital" else SpikeFrames()
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be an snn_robust.attacks.Attack, got {attack!r}")
+    coding = attack.coding(net, time_steps)
     _check_net(net, coding)
     device = _device(net)
     eps = [float(e) for e in eps]

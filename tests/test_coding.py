@@ -119,3 +119,11 @@ def test_network_first_layer_must_match():
 def test_time_major_refuses_a_batch_without_a_time_axis():
     with pytest.raises(ValueError, match="sample-major"):
         time_major(torch.zeros(4, 3))
+
+
+def test_attacks_name_the_coding_their_inputs_are_scored_under():
+    spike_net, direct_net = _net("spike"), _net("direct")
+    for attack in (sr.EOTPGD(0.1), sr.SpikeCompatibleDigitalAttack(0.1)):
+        assert attack.coding(spike_net, 4) == RateCoding(4) and attack.coding(direct_net, 4) == DirectCoding(4)
+    for attack in (sr.GreedyFlip(0.1), sr.SpikeCompatibleAttack(0.1)):
+        assert attack.coding(spike_net, 4) == SpikeFrames() and attack.input_kind == "spike"

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..coding import Coding
 from ..metrics import label_and_runner_up
 from ..network import SpikingNetwork
 from ..neuron import LIF
@@ -170,10 +171,16 @@ class Attack:
     """The shared interface: ``attack(net, x, y, generator=None, *, callback=None) -> x_adv``.
 
     ``input_kind`` says what ``x`` is: ``"spike"`` (binary ``[T, B, X...]``) or ``"digital"``
-    (images ``[B, X...]`` in ``[0, 1]``, rate coded inside the attack)."""
+    (images ``[B, X...]`` in ``[0, 1]``, rate coded inside the attack); :meth:`coding` is how
+    such an input, clean or adversarial, reaches the network when it is scored."""
 
     input_kind: ClassVar[str]
     eps: float
+
+    def coding(self, net: SpikingNetwork, steps: int) -> Coding:
+        """The input coding under which this attack's inputs reach ``net`` (``steps``: T of
+        an image coding)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement coding()")
 
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None) -> Tensor:

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from ..coding import bernoulli_encode, image_coding
+from ..coding import Coding, bernoulli_encode, image_coding
 from ..network import SpikingNetwork
 from ..neuron import Rectangular
 from ..validation import check_number
@@ -41,6 +41,11 @@ class _ImageAttack(Attack):
     input_kind: ClassVar[str] = "digital"
     time_steps: int
     step_size: float | None
+
+    def coding(self, net: SpikingNetwork, steps: int) -> Coding:
+        """The network's image coding (:func:`~snn_robust.coding.image_coding`): Bernoulli
+        rate coding, or direct coding for a direct-coded first layer."""
+        return image_coding(net, steps)
 
     def _check_image_attack(self, step_size_may_be_none: bool) -> str:
         """The common checks, then this attack's class name (for the caller's own checks)."""

@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from ..coding import Coding, SpikeFrames
 from ..metrics import is_correct
 from ..network import SpikingNetwork
 from ..neuron import Rectangular
@@ -31,8 +32,18 @@ __all__ = ["SpikeCompatibleAttack", "GreedyFlip"]
 
 
 # -- spike inputs -----------------------------------------------------------------------
+class _SpikeAttack(Attack):
+    """What the attacks on spike inputs share: the input kind and its coding (the frames as
+    they are, time-major)."""
+
+    input_kind: ClassVar[str] = "spike"
+
+    def coding(self, net: SpikingNetwork, steps: int) -> Coding:
+        return SpikeFrames()
+
+
 @dataclass(frozen=True)
-class SpikeCompatibleAttack(Attack):
+class SpikeCompatibleAttack(_SpikeAttack):
     """Spike-compatible gradient attack on a spike input (Liang et al., TNNLS 2021; Eq. 6, spike case).
 
     Each iteration computes the input gradient through BPTT and the surrogate, turns it into
@@ -66,7 +77,6 @@ class SpikeCompatibleAttack(Attack):
     early_stop: bool = True
     loss: Literal["ce", "margin"] = "ce"
     surrogate: Rectangular | None = None
-    input_kind: ClassVar[str] = "spike"
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -117,7 +127,7 @@ class SpikeCompatibleAttack(Attack):
 
 
 @dataclass(frozen=True)
-class GreedyFlip(Attack):
+class GreedyFlip(_SpikeAttack):
     """Greedy gradient-guided flip attack on a spike input (a stronger reference for spikes).
 
     Each iteration recomputes the input gradient ``g`` and scores every admissible element
@@ -152,7 +162,6 @@ class GreedyFlip(Attack):
     early_stop: bool = True
     loss: Literal["ce", "margin"] = "ce"
     surrogates: tuple[Rectangular | None, ...] = (None, Rectangular(half_width=2.0))
-    input_kind: ClassVar[str] = "spike"
 
     def __post_init__(self) -> None:
         self._check_common()
