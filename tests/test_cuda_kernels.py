@@ -248,8 +248,7 @@ def host_kernels(harness, monkeypatch):
     """Route the bound code's kernel dispatch to the host harness (CPU tensors) unless
     ``use_kernels("torch")`` forces the reference."""
     counting = Counting(harness)
-    monkeypatch.setattr(kernels, "use_cupy",
-                        lambda *tensors, supported=True: supported and kernels.kernel_backend() != "torch")
+    monkeypatch.setattr(kernels, "use_cupy", lambda *tensors: kernels.kernel_backend() != "torch")
     monkeypatch.setattr(kernels, "_launcher", lambda: counting)
     return counting
 

@@ -94,14 +94,14 @@ def cupy_available() -> bool:
         return False
 
 
-def use_cupy(*tensors: Tensor, supported: bool = True) -> bool:
+def use_cupy(*tensors: Tensor) -> bool:
     """Whether a call site should run the kernels on ``tensors``.
 
     ``"torch"``: never. ``"auto"``: when the tensors are float32 / float64 CUDA tensors of
-    one dtype, CuPy sees a GPU and ``supported`` (the call site's own condition, e.g. the
-    reference charge arithmetic) holds. ``"cupy"``: the same, but CPU tensors or a missing
-    CuPy raise ``RuntimeError`` naming the problem and the fix; a computation the kernels
-    do not cover (``supported`` false, another dtype) still runs in torch."""
+    one dtype and CuPy sees a GPU. ``"cupy"``: the same, but CPU tensors or a missing CuPy
+    raise ``RuntimeError`` naming the problem and the fix; a computation the kernels do not
+    cover (another dtype; the call sites' own conditions, see :func:`fused_ibp_recurrence`)
+    still runs in torch."""
     backend = kernel_backend()
     if backend == "torch":
         return False
@@ -118,8 +118,7 @@ def use_cupy(*tensors: Tensor, supported: bool = True) -> bool:
                 "(cupy-cuda13x), or use 'auto' / 'torch'"
             )
     return (
-        supported
-        and all(t.is_cuda and t.dtype in SUPPORTED_DTYPES for t in tensors)
+        all(t.is_cuda and t.dtype in SUPPORTED_DTYPES for t in tensors)
         and len({t.dtype for t in tensors}) == 1
         and cupy_available()
     )
