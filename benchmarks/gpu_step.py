@@ -71,7 +71,8 @@ def measure(arch: str, method: str, backend: str, batch: int, eps: float, repeat
         row = side_by_side(_synced(natural, device), _synced(robust, device), repeats)
         images = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
         labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
-        lower, upper = sr.DigitalLinf(eps).bounds(images, steps=3, generator=torch.Generator(device=device).manual_seed(0))
+        gen = torch.Generator(device=device).manual_seed(0)
+        lower, upper = sr.DigitalLinf(eps).bounds(images, steps=3, generator=gen)
 
         def certify() -> None:
             with torch.no_grad():

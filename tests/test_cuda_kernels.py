@@ -27,7 +27,8 @@ from snn_robust.bounds.rounding import unit_roundoff
 from snn_robust.kernels import _launch
 from snn_robust.kernels.host import HostHarness, compile_ptx, find_compiler, find_nvrtc, nvrtc_ptx
 
-ENTRY_POINTS = [f"{k}_{s}" for k in ("ibp_forward", "ibp_backward", "crown_backward", "crown_grad") for s in ("f32", "f64")]
+KERNELS = ("ibp_forward", "ibp_backward", "crown_backward", "crown_grad")
+ENTRY_POINTS = [f"{k}_{s}" for k in KERNELS for s in ("f32", "f64")]
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -258,7 +259,8 @@ def _net(reset, firing, per_neuron, seed, conv=False):
     gen = torch.Generator().manual_seed(seed)
     shape = lambda n: (n,) if per_neuron else None  # noqa: E731
     if conv:
-        layers = [nn.Conv2d(2, 4, 3, 1, 1), neuron(0.5, 0.3, reset, firing, True, (4, 1, 1) if per_neuron else None, gen),
+        layers = [nn.Conv2d(2, 4, 3, 1, 1),
+                  neuron(0.5, 0.3, reset, firing, True, (4, 1, 1) if per_neuron else None, gen),
                   nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 5), neuron(0.5, 0.3, reset, firing, True, None, gen)]
         inp = (2, 8, 8)
     else:

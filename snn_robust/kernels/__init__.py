@@ -13,10 +13,14 @@ for S-CROWN) through all ``T`` steps in registers: one launch per layer.
   ``torch.autograd.Function`` whose backward is a kernel too), for certified training.
 * :func:`lif_coefficients`: S-CROWN's backward through one layer, differentiable the same way.
 
-Both repeat the float arithmetic of the torch reference (``bounds/ibp.py``,
-``bounds/crown.py``) operation for operation: membranes, rounding-error widenings, exact
-points, ``>`` / ``>=`` firing (through the stability test on ``[ml, mu]``) and hard / soft
-reset agree to the bit; the S-CROWN bias is summed in another order (a few ulps).
+Both repeat the float arithmetic of the torch reference (``bounds/lif.py``:
+``ibp_recurrence``, ``crown_recurrence``, which dispatch here through
+:func:`fused_ibp_recurrence` / :func:`fused_crown_recurrence`) operation for operation:
+membranes, rounding-error widenings, exact points, ``>`` / ``>=`` firing (through the
+stability test on ``[ml, mu]``), hard / soft reset and the S-CROWN coefficients agree to the
+bit; the S-CROWN bias and the gradients are the same sums in another order (a few ulps).
+The torch loops run where the kernels do not apply: an adapter's own charge formula with
+exact fixed points on, full S-CROWN's membrane clip / membrane coefficients, other dtypes.
 
 **Choosing the implementation.** The environment variable ``SNN_ROBUST_KERNELS``
 (``auto``, the default; ``torch``; ``cupy``) or the context manager :func:`use_kernels`

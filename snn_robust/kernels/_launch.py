@@ -11,8 +11,8 @@ list of torch tensors (pointers to contiguous data) and :class:`Scalar` values. 
 here (argument marshalling, the autograd function) is shared by both, so the host harness
 tests exercise the same path the GPU takes.
 
-The arithmetic is the torch reference's (``bounds/ibp.py`` and ``bounds/crown.py``), see
-``lif_ops.cuh``.
+The arithmetic is the torch reference's (``bounds/lif.py``: ``ibp_recurrence``,
+``crown_recurrence``), see ``lif_ops.cuh``.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def lif_interval(
     launcher: Launcher, spl: Tensor, spu: Tensor, alpha: Tensor, th: Tensor, scale: Tensor, kappa: Tensor,
     hard: bool, exact_points: bool, u: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """S-IBP through one LIF layer over ``T`` steps (``bounds/ibp.py``'s LIF loop).
+    """S-IBP through one LIF layer over ``T`` steps (``bounds.lif.ibp_recurrence``).
 
     ``spl``, ``spu`` ``[T, B, N...]`` bound the spatial input; ``alpha``, ``th``, ``scale``
     and ``kappa`` broadcast to ``N...``. Returns the membrane bounds ``ml``, ``mu`` and the
@@ -166,7 +166,7 @@ def lif_coefficients(
     charge_err: Tensor | None,
     hard: bool,
 ) -> tuple[Tensor, Tensor]:
-    """S-CROWN's backward step through one LIF layer (``bounds/crown.py``'s time loop).
+    """S-CROWN's backward step through one LIF layer (``bounds.lif.crown_recurrence``).
 
     ``A`` ``[T, B, S, N]``: coefficients on the layer's spikes. ``fire``: the lines
     ``(f_d, f_dd, f_b, f_db)`` of the fire relaxation, ``[T, B, N]`` each, "upper" and

@@ -96,7 +96,8 @@ def nvrtc_ptx(source: str, options: Sequence[str], arch: str = "compute_90", lib
         log = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetProgramLog(prog, log)
         if status != 0:
-            raise RuntimeError(f"NVRTC could not compile the LIF kernels ({arch}):\n{log.value.decode(errors='replace')}")
+            text = log.value.decode(errors="replace")
+            raise RuntimeError(f"NVRTC could not compile the LIF kernels ({arch}):\n{text}")
         lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
         ptx = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetPTX(prog, ptx)

@@ -3,11 +3,11 @@
 // compiled by g++ or nvcc as host code and run on the CPU by the tests).
 //
 // Each function repeats, operation for operation, the float arithmetic of the torch
-// reference (snn_robust/bounds/ibp.py: s_ibp, the LIF stage; bounds/crown.py:
-// _stage_backward), so that results agree to the bit where the operations are the same:
-// every product and sum is rounded on its own (the kernels are compiled with
-// --fmad=false, the harness with -ffp-contract=off) except where torch itself fuses them
-// (addcmul is one fused multiply-add on CPU and CUDA: fma() here).
+// reference (snn_robust/bounds/lif.py: ibp_recurrence, crown_recurrence), so that results
+// agree to the bit where the operations are the same: every product and sum is rounded on
+// its own (the kernels are compiled with --fmad=false, the harness with -ffp-contract=off)
+// except where torch itself fuses them (addcmul is one fused multiply-add on CPU and CUDA:
+// fma() here).
 //
 // Layouts (row-major, contiguous): S-IBP tensors [T, B*N]; S-CROWN coefficients
 // [T, B, S, N], relaxation lines [T, B, N]. Neuron parameters are per neuron [N].
@@ -162,7 +162,7 @@ __host__ __device__ inline void reset_carry_grad(const Neuron<F>& p, bool hard, 
 }
 
 // One S-CROWN backward step through one LIF neuron for one specification row
-// (bounds/crown.py: _stage_backward, the loop body). lam_s: the coefficient on s_t
+// (bounds/lif.py: crown_recurrence, the loop body). lam_s: the coefficient on s_t
 // (A_t plus the carry onto s_t); lines fd/fdd/fb/fdb of the fire relaxation at t
 // ("upper, lower - upper"); carry_m: the carry onto m_t (0 at the last step).
 // Returns lam_m, the coefficient on m_t; bias accumulates this neuron's bias terms.
