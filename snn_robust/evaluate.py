@@ -125,8 +125,8 @@ def _check_net(net: SpikingNetwork, coding: Coding) -> None:
 
 
 def _coding_details(coding: Coding, eval_samples: int) -> dict[str, Any]:
-    return {"coding": coding.name, "time_steps": coding.steps if coding.name != "spike" else None,
-            "eval_samples": eval_samples}
+    # spike frames without a step count use every frame of the data: no T to record
+    return {"coding": coding.name, "time_steps": coding.steps, "eval_samples": eval_samples}
 
 
 def _progress(progress: bool, total: int | None, desc: str) -> Any:

@@ -167,7 +167,8 @@ def test_coding_objects_and_their_names_agree(net, hard_images, spikes):
         net, spikes, coding="spike", progress=False)
     first = clean_error(net, (spikes[0][:, :3], spikes[1]), coding="spike", progress=False)
     short = clean_error(net, spikes, coding=SpikeFrames(3), progress=False)
-    assert short.error == first.error and short.details["coding"] == "spike"
+    assert short.error == first.error and short.details["coding"] == "spike" and short.details["time_steps"] == 3
+    assert first.details["time_steps"] is None
     with pytest.raises(ValueError, match="input_coding='direct'"):
         clean_error(net, hard_images, coding=DirectCoding(T), progress=False)
 
