@@ -15,6 +15,13 @@ bounds are exact).
 
     python benchmarks/tightness.py paper-fc paper-conv runs/nmnist-fc-robust.pt --eps 0 0.002 0.005 --n 64
     python benchmarks/tightness.py ... --error-model any-order    # widen fixed inputs too
+    python benchmarks/tightness.py ... --box-attack 300    # how many samples a search inside the box breaks
+
+``--box-attack N`` also searches the input box itself for a margin ``<= 0`` (``N`` random
+corners, then 30 signed-gradient steps through the surrogate, each rounded to a corner):
+a sample it breaks can be verified by no sound method, so ``n - broken`` bounds from above
+what any bound on these input bounds can verify (the search is not exhaustive, so the true
+ceiling may be lower).
 """
 from __future__ import annotations
 
@@ -54,6 +61,30 @@ def _bounds(pert, eps: float, x, steps: int):
     return pert(eps).bounds(x, steps, gen)
 
 
+def _box_attack(net, lower, upper, y, tries: int, gen: torch.Generator) -> torch.Tensor:
+    """``[B]``: samples with an input inside ``[lower, upper]`` whose margin is ``<= 0``
+    (a tie counts: a certified sample needs every margin ``> 0``)."""
+    spec = margin_spec(y, net(lower).shape[1])
+
+    def broken(z):
+        with torch.no_grad():
+            return ((spec * net(z).unsqueeze(1)).sum(-1) <= 0).any(1)
+
+    found = broken(lower) | broken(upper)
+    width = upper - lower
+    for _ in range(tries):
+        found |= broken(lower + width * (torch.rand(lower.shape, generator=gen) < torch.rand(1, generator=gen)).float())
+    z = ((lower + upper) / 2).requires_grad_(True)
+    for _ in range(30):
+        margins = (spec * net(z).unsqueeze(1)).sum(-1)
+        (grad,) = torch.autograd.grad(-margins.min(1).values.sum(), z)
+        with torch.no_grad():
+            z += 0.3 * grad.sign() * width
+            z.copy_(torch.minimum(torch.maximum(z, lower), upper))
+            found |= broken(torch.where(grad > 0, upper, lower)) | broken(lower + width * (z - lower > width / 2))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model files, paper-fc or paper-conv")
@@ -64,6 +95,7 @@ def main() -> None:
     parser.add_argument("--error-model", default="same-kernel", choices=ERROR_MODELS)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--box-attack", type=int, default=0, help="random corners tried (0: no search)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     set_error_model(args.error_model)
@@ -98,6 +130,13 @@ def main() -> None:
                 if true is not None:
                     row["max_gap_to_forward"] = float((lb - true).abs().max())
                 print(json.dumps(row), flush=True)
+            if args.box_attack:
+                broken = _box_attack(net, lower, upper, y, args.box_attack, torch.Generator().manual_seed(1))
+                print(json.dumps({"model": spec, "eps": eps, "method": "box-attack", "n": len(y),
+                                  "broken": int(broken.sum()), "not_broken": int((~broken).sum()),
+                                  # a sound method never verifies a broken sample: 0 for every one
+                                  "verified_and_broken": {m: int(((lb > 0).all(1) & broken).sum())
+                                                          for m, (lb, _) in found.items()}}), flush=True)
 
 
 if __name__ == "__main__":
