@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
-from snn_robust.network import first_float_tensor as _first_float_tensor
+from snn_robust.layers import READOUT_LAYERS, RateReadout, StepBatchNorm
+from snn_robust.network import SpikingNetwork, first_float_tensor as _first_float_tensor
 
 __all__ = [
     "FromSource",
@@ -197,8 +198,6 @@ def refuse_batchnorm(module: nn.Module, path: str) -> None:
 def batchnorm_twin(module: nn.Module, path: str, per_step: bool) -> nn.Module:
     """The network layer of a user's ``BatchNorm1d/2d`` (live parameters and statistics;
     see :mod:`snn_robust.bounds.adapter_ops` for the statistics the bounds use)."""
-    from snn_robust.bounds.adapter_ops import StepBatchNorm
-
     if not isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         refuse_batchnorm(module, path)
     return StepBatchNorm(module, per_step=per_step)
@@ -311,9 +310,6 @@ class Collected:
         with average pools and flattens around it, whose per-step
         outputs are averaged over time) and build the network (which checks the neuron
         parameters and weights, naming each layer by its path)."""
-        from snn_robust.bounds.adapter_ops import READOUT_LAYERS, RateReadout
-        from snn_robust.network import SpikingNetwork
-
         if not any(is_neuron(layer) for layer in self.layers):
             raise UnsupportedLayerError(f"{ROOT} contains no supported spiking neuron; {end_hint}")
         layers, names = list(self.layers), list(self.names)

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
+from snn_robust.layers import RateReadout
 from snn_robust.neuron import LIF
 
 from ._common import (
@@ -205,8 +206,6 @@ def from_snntorch(
 
 def _population(net, num_classes: int | None):
     """Attach the population-code readout (see ``num_classes`` in :func:`from_snntorch`)."""
-    from snn_robust.bounds.adapter_ops import RateReadout
-
     if num_classes is None:
         return net
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
+from snn_robust.layers import RateReadout
 from snn_robust.neuron import LIF, spike
 from snn_robust.validation import check_number
 
@@ -439,8 +440,6 @@ class _Converter:
         out.add(plain_twin(module), path, module)
 
     def _voting(self, module: nn.Module, path: str, ctx: str, out: Collected) -> None:
-        from snn_robust.bounds.adapter_ops import RateReadout
-
         if ctx in ("s", "m") and getattr(module, "step_mode", ctx) != ctx:
             raise self._mixed(module, path, module.step_mode, ctx)
         out.set_readout(RateReadout("voting", group=module.voting_size), path, module)

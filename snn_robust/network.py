@@ -18,9 +18,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from .bounds.adapter_ops import RateReadout, StepBatchNorm
-from .bounds.spatial import BoundOp, bound_op
 from .errors import UnsupportedLayerError
+from .layers import RateReadout, StepBatchNorm, check_supported
 from .neuron import LIF
 from .validation import check_all_finite, check_positive_int
 
@@ -34,10 +33,12 @@ INPUT_CODINGS = ("spike", "direct")
 
 @dataclass
 class Stage:
-    """The spatial layers in front of one LIF layer, and that LIF layer."""
+    """The spatial layers in front of one LIF layer (and their display names), and that
+    LIF layer. The bound engine builds its operators from these
+    (:func:`~snn_robust.bounds.graph.bound_graph`)."""
 
     spatial: list[nn.Module]
-    ops: list[BoundOp]
+    spatial_names: list[str]
     lif: LIF
     name: str
 
@@ -74,7 +75,7 @@ class SpikingNetwork(nn.Module):
             catches a missing time dimension (``[B, 1, 28, 28]`` read as ``T = B``), which
             a Flatten + Linear network cannot tell from its layers alone.
         readout: optional class scores linear in the output rates
-            (:class:`~snn_robust.bounds.adapter_ops.RateReadout`: a time-averaged
+            (:class:`~snn_robust.layers.RateReadout`: a time-averaged
             ``nn.Linear`` or chain of affine layers such as a ``Conv2d`` head, a voting
             layer); the bounds are then on these scores.
 
@@ -129,14 +130,15 @@ class SpikingNetwork(nn.Module):
     def _build_stages(layers: list[nn.Module], names: list[str]) -> list[Stage]:
         if not layers:
             raise ValueError("a SpikingNetwork needs at least one LIF layer")
-        stages, spatial, ops = [], [], []
+        stages, spatial, spatial_names = [], [], []
         for layer, name in zip(layers, names):
             if isinstance(layer, LIF):
-                stages.append(Stage(spatial, ops, layer, name))
-                spatial, ops = [], []
+                stages.append(Stage(spatial, spatial_names, layer, name))
+                spatial, spatial_names = [], []
             elif isinstance(layer, SPATIAL_LAYERS):
+                check_supported(layer, name)  # settings the bounds do not cover are refused now, by name
                 spatial.append(layer)
-                ops.append(bound_op(layer, name))
+                spatial_names.append(name)
             else:
                 supported = ", ".join(t.__name__ for t in SPATIAL_LAYERS + (LIF,))
                 raise UnsupportedLayerError(
@@ -180,9 +182,9 @@ class SpikingNetwork(nn.Module):
             for stage, where in zip(self.stages, wheres):  # the failure path: the first bad layer, by name
                 stage.lif.check_parameters(where)
         named = [
-            (f"layer {op.name} ({type(layer).__name__}) {pname}", p)
+            (f"layer {name} ({type(layer).__name__}) {pname}", p)
             for stage in self.stages
-            for layer, op in zip(stage.spatial, stage.ops)
+            for layer, name in zip(stage.spatial, stage.spatial_names)
             for pname, p in layer.named_parameters()
         ]
         if self.readout is not None:  # class scores linear in the rates
@@ -220,10 +222,10 @@ class SpikingNetwork(nn.Module):
         if self.input_shape is not None:
             return f"this network's input_shape is {self.input_shape}"
         for stage in self.stages:
-            for layer, op in zip(stage.spatial, stage.ops):
+            for layer, name in zip(stage.spatial, stage.spatial_names):
                 wants = _layer_wants(layer)
                 if wants:
-                    return f"this network's first weighted layer {op.name} ({type(layer).__name__}) takes {wants}"
+                    return f"this network's first weighted layer {name} ({type(layer).__name__}) takes {wants}"
         return "see the network's first layer"
 
     def _check_sample_shape(self, sample: tuple[int, ...], what: str) -> None:
@@ -237,7 +239,7 @@ class SpikingNetwork(nn.Module):
         x = torch.zeros((2, *sample), dtype=self.dtype, device=self.device)
         with torch.no_grad():
             for stage in self.stages:
-                for layer, op in zip(stage.spatial, stage.ops):
+                for layer, name in zip(stage.spatial, stage.spatial_names):
                     error = ""
                     if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)) and x.dim() != 4:
                         error = f"it needs 3 dimensions [C, H, W] per sample, got {x.dim() - 1}"
@@ -250,9 +252,9 @@ class SpikingNetwork(nn.Module):
                         wants = _layer_wants(layer)
                         expected = self._expected_input()
                         raise ValueError(
-                            f"{what}: layer {op.name} ({type(layer).__name__}) cannot take the per-sample shape "
+                            f"{what}: layer {name} ({type(layer).__name__}) cannot take the per-sample shape "
                             f"{tuple(x.shape[1:])} that reaches it{f'; it takes {wants}' if wants else ''} ({error})"
-                            + ("" if f" {op.name} (" in expected else f"; {expected}")
+                            + ("" if f" {name} (" in expected else f"; {expected}")
                         ) from None
         self._shapes_ok.add(sample)
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import snn_robust as sr
-from snn_robust.bounds.adapter_ops import StepBatchNorm
+from snn_robust.bounds.graph import bound_op, readout_matrix
+from snn_robust.layers import RateReadout, StepBatchNorm
 
 snn = pytest.importorskip("snntorch")
 pytest.importorskip("spikingjelly")
@@ -646,7 +647,7 @@ def test_conv_classifier_head_averaged_over_time_converts_and_bounds_soundly():
     assert readout.kind == "linear" and readout.grid() is None
     assert [type(m).__name__ for m in readout.layers] == ["AvgPool2d", "Conv2d", "AdaptiveAvgPool2d", "Flatten"]
     assert readout.layers[1].weight is model.classifier[0].weight  # the user's Parameters, shared
-    assert readout.ops[0].name == "model.features.3"  # paths in the user's model
+    assert readout.names[0] == "model.features.3"  # paths in the user's model
 
     x2 = torch.rand(3, 3, 1, 6, 6, generator=gen).bernoulli(generator=gen)
     theirs = own_trains(model, lambda: (functional.reset_net(model), model(x2)), SJ_NODES)
@@ -736,14 +737,12 @@ def test_max_pool_after_the_last_spiking_layer_is_refused_as_not_a_readout():
 def test_readout_matrix_is_the_affine_chain(seed, stride, pool):
     """``W rate + b`` from the chain's transposes equals the chain run on the rates, and
     W, b carry gradients to every Parameter of the chain."""
-    from snn_robust.bounds.adapter_ops import RateReadout
-
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     chain = [nn.Conv2d(2, 3, 3, stride=stride, padding=1)] + ([nn.AvgPool2d(2)] if pool else []) + [nn.Flatten()]
     readout = RateReadout("linear", chain)
     rates = torch.rand(4, 2, 6, 7, generator=gen)
-    W, b = readout.matrix((2, 6, 7), rates)
+    W, b = readout_matrix(readout, (2, 6, 7), rates)
     torch.testing.assert_close(rates.flatten(1) @ W.T + b, readout(rates), rtol=1e-5, atol=1e-5)
     (W.sum() + b.sum()).backward()
     assert chain[0].weight.grad.abs().sum() > 0 and chain[0].bias.grad.abs().sum() > 0
@@ -772,7 +771,7 @@ def test_batchnorm_op_interval_and_backward_hold_for_the_torch_module(seed, kind
         bn.running_mean.copy_(torch.randn(C, generator=gen))
         bn.running_var.copy_(torch.rand(C, generator=gen) * 3 + 0.01)
     twin = StepBatchNorm(bn, per_step=bool(seed % 2))
-    op = sr.network.bound_op(twin, "bn")
+    op = bound_op(twin, "bn")
     bn.train(training)
     if training:
         twin.forward_time(torch.randn(2, 4, *shape, generator=gen) * 2 + 1)  # the clean batch
@@ -811,7 +810,7 @@ def test_batchnorm_op_interval_and_backward_hold_for_the_torch_module(seed, kind
 def test_adaptive_avg_pool_op_equals_the_average_pool_it_is(seed, out):
     gen = torch.Generator().manual_seed(seed)
     pool = nn.AdaptiveAvgPool2d(out)
-    op = sr.network.bound_op(pool, "pool")
+    op = bound_op(pool, "pool")
     l = torch.randn(3, 2, 6, 6, generator=gen)
     u = l + torch.rand(l.shape, generator=gen)
     lo, hi = op.interval(l, u)

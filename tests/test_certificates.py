@@ -14,6 +14,7 @@ from torch import nn
 
 import snn_robust as sr
 from snn_robust.bounds.api import margin_spec
+from snn_robust.bounds.graph import bound_graph
 from snn_robust.certificates.events import _flip_budget_view, _FlipBudgetOp
 from snn_robust.errors import UnsupportedLayerError
 
@@ -209,7 +210,7 @@ def test_a_budget_covering_every_element_gives_the_full_box():
 
 def _first_op(net, k, steps, per_step) -> _FlipBudgetOp:
     view = _flip_budget_view(net, k, steps, per_step)
-    return next(op for op in view.stages[0].ops if isinstance(op, _FlipBudgetOp))
+    return next(op for op in bound_graph(view)[0].ops if isinstance(op, _FlipBudgetOp))
 
 
 @pytest.mark.parametrize("arch", ["fc", "conv", "pool"])

@@ -11,6 +11,7 @@ from ..names import METHODS, Method
 from ..network import SpikingNetwork
 from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
+from .graph import readout_matrix
 from .ibp import IBPResult, s_ibp
 from .intermediate import full_intervals
 from .rounding import grid_tolerance, round_to_grid
@@ -226,7 +227,7 @@ def compute_bounds(
     B, C = rl.shape
     readout = network.readout
     if readout is not None:  # class scores W rate + b: the specification moves onto the rates
-        W, b = readout.matrix(tuple(ibp.spikes[-1][0].shape[2:]), rl)
+        W, b = readout_matrix(readout, tuple(ibp.spikes[-1][0].shape[2:]), rl)
         C = W.shape[0]
     if labels is not None:
         if ((labels < 0) | (labels >= C)).any():

@@ -15,7 +15,7 @@ one such class (and its forward arithmetic in :meth:`LIF.charge`).
 
 The recurrences over ``T`` are the module-level functions :func:`ibp_recurrence` and
 :func:`crown_recurrence`, with plain tensor arguments (and the stateless ``Reset``
-object): the place a fused kernel replaces the Python loop.
+object): the place a fused kernel replaces the Python loop (:mod:`snn_robust.kernels`).
 
 Per step of S-IBP (for the widening see :mod:`~snn_robust.bounds.rounding`):
 
@@ -51,21 +51,14 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ..neuron import LIF, spike
-from .relaxations import (
-    Stability,
-    fire_relaxation,
-    reset_interval,
-    reset_relaxation,
-    soft_reset_interval,
-    stability,
-)
 from .. import kernels
+from ..neuron import LIF, spike
+from .relaxations import Stability, fire_relaxation, reset_interval, reset_relaxation, soft_reset_interval, stability
 from .rounding import charge_error, point_outputs_exact, unit_roundoff
 
 __all__ = [
     "BoundLIF", "LIFInterval", "Relaxation", "Lines", "CarryLines", "Reset", "HardReset", "SoftReset", "RESETS",
-    "bound_lif", "ibp_recurrence", "crown_recurrence",
+    "ibp_recurrence", "crown_recurrence",
 ]
 
 
@@ -403,7 +396,3 @@ class BoundLIF:
         unit_scale = scale.numel() == 1 and not scale.requires_grad and float(scale) == 1.0
         return crown_recurrence(A, fire_slope, fire_const, carry, None if unit_scale else scale, charge_err, A_m)
 
-
-def bound_lif(lif: LIF, name: str) -> BoundLIF:
-    """The bound operator of a LIF layer."""
-    return BoundLIF(lif, name)

@@ -45,6 +45,7 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from .api import _ibp_spec_lower, _validate, margin_spec
 from .crown import s_crown
+from .graph import readout_matrix
 from .ibp import s_ibp
 from .rounding import grid_tolerance, round_to_grid
 
@@ -106,7 +107,7 @@ def fused_ce_bound(
     readout = network.readout
     grid: int | None = steps
     if readout is not None:  # scores W rate + b: the specification moves onto the rates
-        W, b = readout.matrix(tuple(ibp.spikes[-1][0].shape[2:]), rl)
+        W, b = readout_matrix(readout, tuple(ibp.spikes[-1][0].shape[2:]), rl)
         C = W.shape[0]
         g = readout.grid()
         grid = steps * g if g else None

@@ -4,7 +4,8 @@ Shape glossary: ``M`` folded time and batch (``T * B``), ``S`` specification row
 ``X...`` a layer's input shape, ``Y...`` its output shape.
 
 Each operator wraps the user's torch module (sharing its parameters) and knows two
-things, in the manner of auto_LiRPA's bound modules:
+things, in the manner of auto_LiRPA's bound modules (built by
+:func:`~snn_robust.bounds.graph.bound_op`, which refuses unsupported settings first):
 
 * ``interval(l, u)``: the S-IBP output interval for inputs in ``[l, u]`` (``[M, X...]``);
 * ``backward(A, l, u)``: for coefficients ``A`` (``[M, S, Y...]``) on the output, the
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
+from ..layers import pair as _pair
 from .rounding import accumulation_error, point_outputs_exact, unit_roundoff
 
-__all__ = ["BoundOp", "BoundLinear", "BoundConv2d", "BoundAvgPool2d", "BoundMaxPool2d", "BoundFlatten", "bound_op"]
+__all__ = ["BoundOp", "BoundLinear", "BoundConv2d", "BoundAvgPool2d", "BoundMaxPool2d", "BoundFlatten"]
 
 
 def _fold(A: Tensor, n_lead: int) -> tuple[Tensor, tuple[int, ...]]:
@@ -160,31 +162,33 @@ class BoundLinear(_AffineOp):
         return value - torch.bmm(_sparse_rows_matmul(A, self.module.weight).abs(), rad.unsqueeze(-1)).squeeze(-1)
 
 
+SPARSE_ROWS_SHARE = 0.7
+"""Largest share of used columns for which :func:`_sparse_rows_matmul` gathers them."""
+
+
+def _used_rows(A: Tensor) -> Tensor | None:
+    """The indices of ``A``'s last-dimension columns that hold a nonzero coefficient, or
+    ``None`` when more than :data:`SPARSE_ROWS_SHARE` of them do (the dense product is
+    then cheaper than gathering)."""
+    used = (A != 0).flatten(0, -2).any(0)
+    n_used = int(used.sum())
+    if n_used > SPARSE_ROWS_SHARE * used.numel():
+        return None
+    return used.nonzero().squeeze(1)
+
+
 def _sparse_rows_matmul(A: Tensor, W: Tensor) -> Tensor:
     """``A @ W`` skipping the rows of ``W`` whose coefficient is zero everywhere in ``A``.
 
     Coefficients reach a neuron only through an unstable neuron (a stable one has fire
     slope 0), so in a robust-trained network most columns of ``A`` are zero."""
-    used = (A != 0).flatten(0, -2).any(0)
-    n_used = int(used.sum())
-    if n_used > 0.7 * used.numel():
+    idx = _used_rows(A)
+    if idx is None:
         return A @ W
-    idx = used.nonzero().squeeze(1)
     return A.index_select(-1, idx) @ W.index_select(0, idx)
 
 
 class BoundConv2d(_AffineOp):
-    def __init__(self, module: nn.Conv2d, name: str) -> None:
-        super().__init__(module, name)
-        if module.padding_mode != "zeros":
-            raise UnsupportedLayerError(
-                f"layer {name} (Conv2d): padding_mode={module.padding_mode!r} is not supported; use 'zeros'"
-            )
-        if isinstance(module.padding, str):
-            raise UnsupportedLayerError(
-                f"layer {name} (Conv2d): padding={module.padding!r} is not supported; give the padding as numbers"
-            )
-
     def abs_linear(self, x: Tensor) -> Tensor:
         c = self.module
         return F.conv2d(x, c.weight.abs(), None, c.stride, c.padding, c.dilation, c.groups)
@@ -215,15 +219,9 @@ class BoundConv2d(_AffineOp):
 class BoundAvgPool2d(_AffineOp):
     def __init__(self, module: nn.AvgPool2d, name: str) -> None:
         super().__init__(module, name)
-        pad = _pair(module.padding)
-        if module.ceil_mode or module.divisor_override is not None or (any(pad) and not module.count_include_pad):
-            raise UnsupportedLayerError(
-                f"layer {name} (AvgPool2d): ceil_mode, divisor_override and count_include_pad=False with padding "
-                "are not supported; use a plain AvgPool2d(kernel_size, stride, padding)"
-            )
         self.kernel = _pair(module.kernel_size)
         self.stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-        self.pad = pad
+        self.pad = _pair(module.padding)
 
     def abs_linear(self, x: Tensor) -> Tensor:
         return self.module(x)  # nonnegative weights
@@ -272,10 +270,6 @@ class BoundMaxPool2d(BoundOp):
 
     def __init__(self, module: nn.MaxPool2d, name: str) -> None:
         super().__init__(module, name)
-        if module.ceil_mode or module.return_indices:
-            raise UnsupportedLayerError(
-                f"layer {name} (MaxPool2d): ceil_mode and return_indices are not supported"
-            )
         self.kernel = _pair(module.kernel_size)
         self.stride = _pair(module.stride if module.stride is not None else module.kernel_size)
         self.pad = _pair(module.padding)
@@ -321,10 +315,6 @@ class BoundMaxPool2d(BoundOp):
         return img.reshape(M, S, C, H, W), bias
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def _output_padding(out_hw, in_shape, kernel, stride, padding, dilation) -> tuple[int, int]:
     """Rows/columns a strided window leaves at the end of the input: the transposed
     convolution must add them back (``output_padding``) so every input position,
@@ -333,26 +323,3 @@ def _output_padding(out_hw, in_shape, kernel, stride, padding, dilation) -> tupl
     for o, i, k, s, p, d in zip(out_hw, in_shape[-2:], _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)):
         extra.append(i - ((o - 1) * s - 2 * p + d * (k - 1) + 1))
     return tuple(extra)
-
-
-_OPS: dict[type[nn.Module], type[BoundOp]] = {
-    nn.Linear: BoundLinear,
-    nn.Conv2d: BoundConv2d,
-    nn.AvgPool2d: BoundAvgPool2d,
-    nn.MaxPool2d: BoundMaxPool2d,
-    nn.Flatten: BoundFlatten,
-}
-
-
-def bound_op(module: nn.Module, name: str) -> BoundOp:
-    """The bound operator of a spatial layer (one class per layer type)."""
-    from .adapter_ops import BoundAdaptiveAvgPool2d, BoundBatchNorm, StepBatchNorm  # built on BoundOp above
-
-    if isinstance(module, StepBatchNorm):
-        return BoundBatchNorm(module, name)
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        return BoundAdaptiveAvgPool2d(module, name)
-    for kind, op in _OPS.items():
-        if isinstance(module, kind):
-            return op(module, name)
-    raise UnsupportedLayerError(f"layer {name} ({type(module).__name__}) has no bound operator")

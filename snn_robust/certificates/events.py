@@ -2,7 +2,6 @@
 (method.md section 4): no sampling at all. See :mod:`snn_robust.certificates`."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..bounds.api import Method, compute_bounds
+from ..bounds.graph import bound_graph, bound_view
 from ..bounds.rounding import accumulation_error, unit_roundoff
 from ..bounds.spatial import BoundAvgPool2d, BoundConv2d, BoundFlatten, BoundLinear, BoundOp
 from ..coding import SpikeFrames
@@ -140,7 +140,8 @@ class _FlipBudgetOp(BoundOp):
 def _flip_budget_view(network: SpikingNetwork, k: int, steps: int, per_step: bool) -> SpikingNetwork:
     """The network (sharing every module) with its first affine layer seen over the flip
     budget; the bound engine then propagates from there unchanged."""
-    stage = network.stages[0]
+    graph = bound_graph(network)
+    stage = graph[0]
     first = 0
     while first < len(stage.ops) and isinstance(stage.ops[first], BoundFlatten):
         first += 1
@@ -160,9 +161,7 @@ def _flip_budget_view(network: SpikingNetwork, k: int, steps: int, per_step: boo
         raise UnsupportedLayerError(f"event_l0_bounds: layer {op.name} (Conv2d) has groups={op.module.groups}; only groups=1")
     ops = list(stage.ops)
     ops[first] = _FlipBudgetOp(op, k, steps, per_step)
-    view = copy.copy(network)  # shallow: shares the modules and parameters
-    view.stages = [dataclasses.replace(stage, ops=ops), *network.stages[1:]]
-    return view
+    return bound_view(network, [dataclasses.replace(stage, ops=ops), *graph[1:]])  # shares the modules
 
 
 def event_l0_bounds(
