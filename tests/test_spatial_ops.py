@@ -6,9 +6,11 @@ import copy
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from snn_robust.bounds.spatial import bound_op
+from snn_robust.bounds.graph import bound_op
 
 LINEAR_LAYERS = [
     (nn.Linear(7, 5), (7,)),
@@ -128,34 +130,95 @@ def test_fixed_inputs_are_not_widened_in_the_default_model():
     assert torch.equal(yl, conv(l))
 
 
-def test_sparse_rows_matmul_matches_dense_on_the_fast_branch():
+@pytest.fixture
+def row_branches(monkeypatch):
+    """Records, per call of ``spatial._used_rows``, whether the sparse branch was taken."""
+    from snn_robust.bounds import spatial
+
+    taken: list[bool] = []
+    plain = spatial._used_rows
+
+    def recording(A):
+        idx = plain(A)
+        taken.append(idx is not None)
+        return idx
+
+    monkeypatch.setattr(spatial, "_used_rows", recording)
+    return taken
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), used=st.integers(0, 50))
+def test_sparse_rows_matmul_matches_dense(seed, used, row_branches):
     """``_sparse_rows_matmul`` skips the rows of W whose coefficients are all zero: with
-    few used columns (the fast branch) it equals the dense product."""
-    from snn_robust.bounds.spatial import _sparse_rows_matmul
+    few used columns (the fast branch, checked) and with many (dense) it equals the dense
+    product (float64: only the summation order differs)."""
+    from snn_robust.bounds.spatial import SPARSE_ROWS_SHARE, _sparse_rows_matmul
 
-    torch.manual_seed(4)
-    W = torch.randn(50, 30)
-    A = torch.randn(6, 5, 50)
-    A[..., torch.randperm(50)[:45]] = 0.0  # 5 of 50 columns used: below the 0.7 cut-off
-    torch.testing.assert_close(_sparse_rows_matmul(A, W), A @ W)
-    A_dense = torch.randn(6, 5, 50)
-    torch.testing.assert_close(_sparse_rows_matmul(A_dense, W), A_dense @ W)
-    assert torch.equal(_sparse_rows_matmul(torch.zeros(2, 3, 50), W), torch.zeros(2, 3, 30))
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(50, 30, generator=gen, dtype=torch.float64)
+    A = torch.randn(6, 5, 50, generator=gen, dtype=torch.float64)
+    A[..., torch.randperm(50, generator=gen)[used:]] = 0.0
+    row_branches.clear()
+    torch.testing.assert_close(_sparse_rows_matmul(A, W), A @ W, rtol=1e-12, atol=1e-12)
+    assert row_branches == [used <= SPARSE_ROWS_SHARE * 50]
 
 
-def test_linear_concretize_matches_the_dense_reference():
-    """``BoundLinear.concretize`` (centre through the module, ``|A W| . rad`` only where
-    the radius is nonzero, sparse rows) equals the plain ``min`` over the box of
-    ``A . (W x + b)`` computed densely."""
-    torch.manual_seed(5)
-    lin = nn.Linear(40, 12)
+def test_linear_backward_matches_the_transpose_on_the_sparse_branch(row_branches):
+    """``BoundLinear.backward`` (rows gathered) equals the generic affine backward
+    (``A @ W`` through :meth:`transpose`) on coefficients with few used columns."""
+    from snn_robust.bounds.spatial import BoundLinear, _AffineOp
+
+    torch.manual_seed(6)
+    lin = nn.Linear(40, 12).double()
     op = bound_op(lin, "lin")
-    A = torch.randn(4, 3, 12)
-    A[..., :10] = 0.0  # sparse coefficients: the fast row-skipping branch
-    for free in (0.0, 0.2):  # no radius at all (the early return), and some free inputs
-        l = (torch.rand(4, 40) < 0.4).float()
-        u = torch.where(torch.rand(4, 40) < free, torch.ones_like(l), l)
-        AW = A @ lin.weight
-        mid, rad = (u + l) / 2, (u - l) / 2
-        dense = (AW * mid.unsqueeze(1)).sum(-1) - (AW.abs() * rad.unsqueeze(1)).sum(-1) + A @ lin.bias
-        torch.testing.assert_close(op.concretize(A, l, u), dense, atol=1e-5, rtol=1e-5)
+    assert isinstance(op, BoundLinear)
+    A = torch.randn(4, 3, 12, dtype=torch.float64)
+    A[..., 2:] = 0.0
+    x = torch.rand(4, 40, dtype=torch.float64)
+    row_branches.clear()
+    A_in, bias = op.backward(A, x, x)
+    assert row_branches == [True]
+    A_ref, bias_ref = _AffineOp.backward(op, A, x, x)
+    torch.testing.assert_close(A_in, A_ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(bias, bias_ref)
+
+
+@pytest.mark.parametrize("free", [0.0, 0.2], ids=["point", "box"])
+def test_linear_concretize_matches_the_generic_one(free, row_branches):
+    """``BoundLinear.concretize`` (centre through the module, ``|A W| . rad`` only where
+    the radius is nonzero, sparse rows) equals :meth:`BoundOp.concretize` (the backward
+    pass, then the box), and both equal the dense ``min`` over the box of ``A . (W x + b)``;
+    with no radius at all (the early return) the row gathering is skipped entirely."""
+    from snn_robust.bounds.spatial import BoundOp
+
+    torch.manual_seed(5)
+    lin = nn.Linear(40, 12).double()
+    op = bound_op(lin, "lin")
+    A = torch.randn(4, 3, 12, dtype=torch.float64)
+    A[..., :10] = 0.0  # sparse coefficients: the fast row-gathering branch
+    l = (torch.rand(4, 40) < 0.4).double()
+    u = torch.where(torch.rand(4, 40) < free, torch.ones_like(l), l)
+    row_branches.clear()
+    fast = op.concretize(A, l, u)
+    assert row_branches == ([] if free == 0.0 else [True])
+    AW = A @ lin.weight
+    mid, rad = (u + l) / 2, (u - l) / 2
+    dense = (AW * mid.unsqueeze(1)).sum(-1) - (AW.abs() * rad.unsqueeze(1)).sum(-1) + A @ lin.bias
+    torch.testing.assert_close(fast, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, BoundOp.concretize(op, A, l, u), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("module,shape", [m for m in LINEAR_LAYERS if not isinstance(m[0], nn.Flatten)],
+                         ids=lambda v: str(v))
+def test_affine_propagate_error_matches_the_generic_one(module, shape):
+    """``_AffineOp.propagate_error`` (``|W| err`` directly) equals the generic
+    :meth:`BoundOp.propagate_error` (the radius of the interval of ``[-err, err]``)."""
+    from snn_robust.bounds.spatial import BoundOp, _AffineOp
+
+    torch.manual_seed(7)
+    module = copy.deepcopy(module).double()
+    op = bound_op(module, "layer")
+    assert isinstance(op, _AffineOp)
+    err = torch.rand(3, *shape, dtype=torch.float64) * 1e-3
+    torch.testing.assert_close(op.propagate_error(err), BoundOp.propagate_error(op, err), rtol=1e-9, atol=1e-15)
