@@ -22,7 +22,42 @@ from typing import Any
 import torch
 
 import snn_robust as sr
-from snn_robust.recipes.pipeline import load_model, load_test_set, load_train_set
+from snn_robust.bounds.api import _ibp_spec_lower, margin_spec
+from snn_robust.bounds.ibp import s_ibp
+from snn_robust.bounds.rounding import round_to_grid
+from snn_robust.loss import bound_logits
+from snn_robust.neuron import Rectangular
+from snn_robust.training import EpochBatchSampler
+from snn_robust.recipes.pipeline import load_model, load_test_set, load_train_set, save_model
+
+#: Variant keys that are not TrainConfig fields: prototypes of new training options, run by
+#: :func:`custom_fit` (the same batches, coding stream and constant Adam lr as ``fit``) with
+#: :class:`PrototypeStep` instead of ``RobustTrainingStep``.
+#:
+#: - ``reg_unstable``: weight of the unstable-neuron regulariser, the LIF analogue of Shi et
+#:   al. 2021's tightness term: the mean over every stage, bound step, sample and neuron of
+#:   ``relu(min(m^u - th, th - m^l)) / th``, the (relative) distance by which a membrane
+#:   interval straddling the threshold must shrink to become stable (0 for stable neurons).
+#:   Its gradient reaches the membrane bounds directly, also where the surrogate window of
+#:   the S-IBP spike bound is empty.
+#: - ``reg_decay``: the regulariser's weight falls linearly to 0 along the eps ramp (Shi et
+#:   al. use theirs during the warm-up only).
+#: - ``beta_start``: CROWN-IBP's mix, margins ``beta * crown-ibp + (1 - beta) * ibp`` with
+#:   beta falling linearly from ``beta_start`` to 0 along the eps ramp (Zhang et al. 2020).
+#: - ``hinge``: the bound loss is ``mean_j relu(hinge - lb_j)`` summed over classes instead of the
+#:   cross-entropy on ``-[0, lb]`` (only unverified margins push).
+#: - ``lr_decay_frac``: lr x 0.1 over the last fraction of the steps.
+#: - ``reg_hidden``: the unstable-neuron regulariser on the hidden stages only (on the output
+#:   stage it pushes a straddling label neuron towards silence as readily as towards firing).
+#: - ``out_margin``: weight of a hinge on the output stage's membrane bounds, per bound step:
+#:   ``(relu(th - m^l_y) + mean_{j != y} relu(m^u_j - th)) / th``: the label neuron surely
+#:   firing and every other surely silent is a certificate with margin 1; unlike the S-IBP
+#:   spike bound, the hinge has a gradient however far the membranes lie from the threshold.
+#: - ``bound_surrogate``: ``(half_width, height)`` of the rectangular surrogate used in the
+#:   bound pass only (the neuron's own, half-width 0.5, gives no gradient to a membrane bound
+#:   more than 0.5 from the threshold).
+CUSTOM_KEYS = ("reg_unstable", "reg_decay", "beta_start", "hinge", "lr_decay_frac", "reg_hidden", "out_margin",
+               "bound_surrogate")
 
 #: Variant name -> TrainConfig.quick_robust overrides (on top of "epochs" / ramp / hold given
 #: on the command line).
@@ -48,7 +83,130 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cos-tfac1.5-bs5-kappa": dict(lr_schedule="cosine", train_eps_factor=1.5, bound_scale=5.0, clean_weight_start=1.0),
     "cos-tfac1.5-bs5-lr2e-3": dict(lr_schedule="cosine", train_eps_factor=1.5, bound_scale=5.0, lr=2e-3),
     "cos-tfac1.5-crown": dict(lr_schedule="cosine", train_eps_factor=1.5, method="crown-ibp"),
+    # prototypes (CUSTOM_KEYS), on top of quick_robust's constant Adam lr and S-IBP bound
+    "proto-base": dict(reg_unstable=0.0),  # custom_fit's control: must match "base"
+    "reg0.03": dict(reg_unstable=0.03),
+    "reg0.1": dict(reg_unstable=0.1),
+    "reg0.3": dict(reg_unstable=0.3),
+    "reg1": dict(reg_unstable=1.0),
+    "reg1-decay": dict(reg_unstable=1.0, reg_decay=True),
+    "beta1": dict(beta_start=1.0),
+    "hinge": dict(hinge=1 / 3),
+    "lrdecay": dict(lr_decay_frac=0.25),
+    "bs64": dict(batch_size=64),
+    "noclip": dict(clip_norm=None),
+    "w.6": dict(clean_weight=0.6, bound_weight=0.4),
+    "lr2e-3": dict(lr=2e-3),
+    "reg-h1": dict(reg_unstable=1.0, reg_hidden=True),
+    "outm0.3": dict(out_margin=0.3),
+    "outm1": dict(out_margin=1.0),
+    "outm0.1": dict(out_margin=0.1),
+    "sw2": dict(bound_surrogate=(2.0, 0.25)),
+    "sw2-h1": dict(bound_surrogate=(2.0, 1.0)),
 }
+
+
+class PrototypeStep(sr.RobustTrainingStep):
+    """``RobustTrainingStep`` with the prototype options of :data:`CUSTOM_KEYS`."""
+
+    def __init__(self, *args: Any, reg_unstable: float = 0.0, reg_decay: bool = False, beta_start: float = 0.0,
+                 hinge: float | None = None, reg_hidden: bool = False, out_margin: float = 0.0,
+                 bound_surrogate: tuple[float, float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reg_unstable, self.reg_decay, self.beta_start, self.hinge = reg_unstable, reg_decay, beta_start, hinge
+        self.reg_hidden, self.out_margin, self.bound_surrogate = reg_hidden, out_margin, bound_surrogate
+
+    def compute_loss(self, net: sr.SpikingNetwork, x: torch.Tensor, labels: torch.Tensor):
+        clean, metrics = sr.TrainingStep.compute_loss(self, net, x, labels)
+        eps = self.eps
+        final = self.eps_schedule.final_eps
+        u = min(1.0, eps / final) if final > 0 else 1.0  # progress along the ramp
+        lower, upper = self.perturbation.with_eps(eps).bounds(x, self.bound_steps, self.generator)
+        own = [stage.lif.surrogate for stage in net.stages]
+        if self.bound_surrogate is not None:
+            for stage in net.stages:
+                stage.lif.surrogate = Rectangular(*self.bound_surrogate)
+        try:
+            return self._bound_loss(net, clean, metrics, eps, u, lower, upper, labels)
+        finally:
+            for stage, surrogate in zip(net.stages, own):
+                stage.lif.surrogate = surrogate
+
+    def _bound_loss(self, net, clean, metrics, eps, u, lower, upper, labels):
+        ibp = s_ibp(net, lower, upper)
+        rl, _ = ibp.rates()
+        lb = _ibp_spec_lower(ibp, margin_spec(labels, rl.shape[1], rl.dtype))
+        beta = self.beta_start * (1 - u)
+        if beta > 0:
+            crown = sr.compute_bounds(net, lower, upper, labels=labels, method="crown-ibp")
+            lb = beta * crown + (1 - beta) * lb
+        margins = round_to_grid(lb, lower.shape[0])
+        if self.hinge is None:
+            bound = torch.nn.functional.cross_entropy(bound_logits(margins, labels) * self.bound_scale, labels)
+        else:
+            bound = torch.relu(self.hinge - margins).sum(1).mean()
+        loss = self.clean_weight * clean + self.bound_weight * bound
+        reg_w = self.reg_unstable * ((1 - u) if self.reg_decay else 1.0)
+        if self.reg_unstable > 0:
+            parts = []
+            stages = list(zip(ibp.membrane, net.stages))
+            for (ml, mu), stage in stages[:-1] if self.reg_hidden else stages:
+                th = stage.lif.threshold
+                parts.append((torch.relu(torch.minimum(mu - th, th - ml)) / th).mean())
+            reg = torch.stack(parts).mean()
+            metrics["reg"] = reg.detach()
+            metrics["unstable"] = torch.stack([st.unstable.float().mean() for st in ibp.stability]).mean()
+            loss = loss + reg_w * reg
+        if self.out_margin > 0:
+            (ml, mu), th = ibp.membrane[-1], net.stages[-1].lif.threshold
+            ml, mu = ml.flatten(2), mu.flatten(2)  # [T', B, C]
+            is_label = torch.nn.functional.one_hot(labels, ml.shape[-1]).bool().unsqueeze(0)
+            label_term = torch.relu(th - ml).masked_fill(~is_label, 0).sum(-1)
+            other_term = torch.relu(mu - th).masked_fill(is_label, 0).sum(-1) / (ml.shape[-1] - 1)
+            out = ((label_term + other_term) / th).mean()
+            metrics["out_margin"] = out.detach()
+            loss = loss + self.out_margin * out
+        metrics["bound_loss"] = bound.detach()
+        metrics["verified"] = (margins.detach() > 0).all(dim=1).float().mean()
+        metrics["eps"] = eps
+        return loss, metrics
+
+
+def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf, config: sr.TrainConfig,
+               custom: dict[str, Any], log_every: int = 50) -> list[dict[str, float]]:
+    """``fit``'s robust loop (same batch order, coding generator, optimizer) for constant-lr
+    configs, with :class:`PrototypeStep`; returns the mean metrics of every ``log_every`` steps."""
+    from torch.utils.data import DataLoader
+
+    if config.optimizer != "adam" or config.lr_schedule != "step" or config.lr_milestones:
+        raise ValueError("custom_fit runs the constant-lr Adam configs only")
+    sampler = EpochBatchSampler(len(train), config.batch_size, shuffle=config.shuffle, seed=config.seed)
+    per_epoch = sampler.batches_per_epoch
+    generator = torch.Generator().manual_seed(config.seed)
+    step = PrototypeStep(
+        perturbation, config.eps_schedule(per_epoch), steps=config.steps, bound_steps=config.bound_steps,
+        method=config.method, clean_weight=config.clean_weight, bound_weight=config.bound_weight,
+        bound_scale=config.bound_scale, clean_loss=sr.CleanLoss(config.clean_loss, config.clean_scale),
+        clip_norm=config.clip_norm, generator=generator,
+        **{k: v for k, v in custom.items() if k != "lr_decay_frac"})
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * per_epoch
+    decay_from = total - int(custom.get("lr_decay_frac", 0.0) * total)
+    log, span = [], []
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train, batch_sampler=sampler,
+                            generator=torch.Generator().manual_seed(sampler.epoch_seed(epoch) ^ 0x5EED))
+        for x, y in loader:
+            if step.step == decay_from:
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * 0.1
+            span.append(step(net, opt, x, y))
+            if len(span) == log_every:
+                log.append({k: round(sum(m[k] for m in span) / len(span), 4) for k in span[0]} | {"step": step.step})
+                print(json.dumps(log[-1]), flush=True)
+                span = []
+    return log
 
 
 def main() -> None:
@@ -64,6 +222,7 @@ def main() -> None:
     parser.add_argument("--attack-eps", type=float, nargs="+", default=[0.154])
     parser.add_argument("--certify-method", default="ibp")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", default=None, help="folder: write each trained model to SAVE/<variant>-s<seed>.pt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -96,10 +255,19 @@ def main() -> None:
             net = copy.deepcopy(natural)
             over = {"epochs": args.epochs, "ramp_epochs": args.ramp_epochs,
                     "hold_epochs": args.epochs - args.ramp_epochs, "seed": seed, **VARIANTS[name]}
+            custom = {k: over.pop(k) for k in CUSTOM_KEYS if k in over}
             config = sr.TrainConfig.quick_robust(args.eps, **over)
             t0 = time.perf_counter()
-            sr.fit(net, train, sr.DigitalLinf(args.eps), config, device="cpu", progress=False)
-            report(name, seed, net, time.perf_counter() - t0, over)
+            if custom:
+                custom_fit(net, train, sr.DigitalLinf(args.eps), config, custom)
+                over.update(custom)
+            else:
+                sr.fit(net, train, sr.DigitalLinf(args.eps), config, device="cpu", progress=False)
+            seconds = time.perf_counter() - t0
+            if args.save:
+                save_model(f"{args.save}/{name}-s{seed}.pt", net, arch=info["arch"], dataset=info["dataset"],
+                           config={**config.to_dict(), **custom})
+            report(name, seed, net, seconds, over)
 
 
 if __name__ == "__main__":
