@@ -49,10 +49,6 @@ __all__ = [
 ]
 
 # -- data and seeds ---------------------------------------------------------------------
-def _check_batch_size(batch_size: int) -> None:
-    check_positive_int("batch_size", batch_size)
-
-
 def _is_tensor_pair(data: Any) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data)
 
@@ -166,7 +162,7 @@ def clean_error(
     """
     coding = as_coding(coding, time_steps)
     _check_net(net, coding)
-    _check_batch_size(batch_size)
+    check_positive_int("batch_size", batch_size)
     device = _device(net)
     run_seeds = list(seeds) if coding.random else []
     per_seed, n = [], 0
@@ -213,7 +209,7 @@ def attack_error(
       network is deterministic, so the returned spike train is scored exactly; seeds only
       vary the attack's own randomness.
     """
-    _check_batch_size(batch_size)
+    check_positive_int("batch_size", batch_size)
     if not isinstance(attack, Attack):
         raise TypeError(f"attack must be an snn_robust.attacks.Attack, got {attack!r}")
     coding = attack.coding(net, time_steps)
@@ -290,7 +286,7 @@ def certified_error(
     """
     if not isinstance(perturbation, Perturbation):
         raise TypeError(f"perturbation must be an snn_robust Perturbation, got {type(perturbation).__name__}")
-    _check_batch_size(batch_size)
+    check_positive_int("batch_size", batch_size)
     coding = perturbation.coding(steps)
     _check_net(net, coding)
     device = _device(net)

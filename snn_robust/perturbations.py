@@ -42,10 +42,6 @@ def _set_eps(obj: "Perturbation", high: float = 1.0) -> None:
     object.__setattr__(obj, "eps", eps)
 
 
-def _check_steps(steps: int) -> int:
-    return check_positive_int("steps", steps)
-
-
 def _check_tensor(x: Tensor, who: str, layout: str, min_dim: int) -> None:
     """``x`` is a finite floating tensor with at least ``min_dim`` dimensions."""
     if not isinstance(x, Tensor):
@@ -80,7 +76,7 @@ class Perturbation:
 
     def coding(self, steps: int) -> Coding:
         """This set's input coding with ``steps`` steps (``T``)."""
-        return self.coding_type(_check_steps(steps))
+        return self.coding_type(check_positive_int("steps", steps))
 
     def _check(self, x: Tensor) -> None:
         """Refuse an input this set cannot take (``ValueError`` / ``TypeError`` naming it)."""
@@ -123,7 +119,7 @@ class DigitalLinf(Perturbation):
 
     def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)
-        _check_steps(steps)
+        check_positive_int("steps", steps)
         rand = _uniform((steps, *x.shape), x, generator)
         upper = ((x + self.eps).unsqueeze(0) > rand).to(x.dtype)
         lower = ((x - self.eps).unsqueeze(0) > rand).to(x.dtype)
@@ -146,7 +142,7 @@ class SpikeL0(Perturbation):
         _set_eps(self)
 
     def _frames(self, x: Tensor, steps: int) -> Tensor:
-        _check_steps(steps)
+        check_positive_int("steps", steps)
         _check_tensor(x, "SpikeL0", "a spike input [T, B, X...]", 3)
         if steps > x.shape[0]:
             raise ValueError(f"SpikeL0: steps={steps} exceeds the input's {x.shape[0]} frames")
@@ -198,7 +194,7 @@ class DirectLinf(Perturbation):
         _check_tensor(x, "DirectLinf", "analog inputs [B, X...]", 2)
 
     def bounds(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        _check_steps(steps)
+        check_positive_int("steps", steps)
         self._check(x)
         lower = (x - self.eps).clamp(self.low, self.high)
         upper = (x + self.eps).clamp(self.low, self.high)

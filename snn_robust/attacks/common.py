@@ -76,14 +76,6 @@ def _count(fraction: float, size: int) -> int:
     return int(math.floor(fraction * size + 1e-9))
 
 
-def _check_fraction(value: float, name: str, cls: str) -> None:
-    check_number(f"{cls}: {name}", value, 0.0, 1.0)
-
-
-def _check_positive_int(value: int, name: str, cls: str) -> None:
-    check_positive_int(f"{cls}: {name}", value)
-
-
 def _check_labels(labels: Tensor, batch: int, cls: str) -> None:
     if not isinstance(labels, Tensor) or labels.dtype not in (torch.int64, torch.int32) or labels.shape != (batch,):
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
@@ -200,7 +192,7 @@ class Attack:
 
     def _check_common(self) -> None:
         name = type(self).__name__
-        _check_fraction(self.eps, "eps", name)
-        _check_positive_int(self.n_iter, "n_iter", name)
+        check_number(f"{name}: eps", self.eps, 0.0, 1.0)
+        check_positive_int(f"{name}: n_iter", self.n_iter)
         if self.loss not in LOSSES:
             raise ValueError(f"{name}: loss must be one of {LOSSES}, got {self.loss!r}")

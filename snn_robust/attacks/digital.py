@@ -11,13 +11,11 @@ from torch import Tensor
 from ..coding import Coding, bernoulli_encode, image_coding
 from ..network import SpikingNetwork
 from ..neuron import Rectangular
-from ..validation import check_number
+from ..validation import check_number, check_positive_int
 from .common import (
     Attack,
     Callback,
-    _check_fraction,
     _check_images,
-    _check_positive_int,
     _flat,
     _input_grad,
     _unflat,
@@ -51,7 +49,7 @@ class _ImageAttack(Attack):
         """The common checks, then this attack's class name (for the caller's own checks)."""
         self._check_common()
         name = type(self).__name__
-        _check_positive_int(self.time_steps, "time_steps", name)
+        check_positive_int(f"{name}: time_steps", self.time_steps)
         if not (self.step_size is None and step_size_may_be_none):
             check_number(f"{name}: step_size", self.step_size, 0.0, low_open=True)
         return name
@@ -92,7 +90,7 @@ class SpikeCompatibleDigitalAttack(_ImageAttack):
 
     def __post_init__(self) -> None:
         name = self._check_image_attack(step_size_may_be_none=False)
-        _check_fraction(self.random_fraction, "random_fraction", name)
+        check_number(f"{name}: random_fraction", self.random_fraction, 0.0, 1.0)
 
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None) -> Tensor:
@@ -158,7 +156,7 @@ class EOTPGD(_ImageAttack):
 
     def __post_init__(self) -> None:
         name = self._check_image_attack(step_size_may_be_none=True)
-        _check_positive_int(self.samples, "samples", name)
+        check_positive_int(f"{name}: samples", self.samples)
 
     def attack(self, net: SpikingNetwork, x: Tensor, y: Tensor, generator: torch.Generator | None = None, *,
                callback: Callback | None = None) -> Tensor:

@@ -13,11 +13,10 @@ from ..coding import Coding, SpikeFrames
 from ..metrics import is_correct
 from ..network import SpikingNetwork
 from ..neuron import Rectangular
+from ..validation import check_number, check_positive_int
 from .common import (
     Attack,
     Callback,
-    _check_fraction,
-    _check_positive_int,
     _count,
     _flat,
     _input_grad,
@@ -82,7 +81,7 @@ class SpikeCompatibleAttack(_SpikeAttack):
         self._check_common()
         for field in ("iter_fraction", "random_fraction"):
             if getattr(self, field) is not None:
-                _check_fraction(getattr(self, field), field, type(self).__name__)
+                check_number(f"{type(self).__name__}: {field}", getattr(self, field), 0.0, 1.0)
 
     @property
     def step_fraction(self) -> float:
@@ -167,7 +166,7 @@ class GreedyFlip(_SpikeAttack):
         self._check_common()
         name = type(self).__name__
         if self.flips_per_iter is not None:
-            _check_positive_int(self.flips_per_iter, "flips_per_iter", name)
+            check_positive_int(f"{name}: flips_per_iter", self.flips_per_iter)
         if not isinstance(self.surrogates, tuple) or not self.surrogates:
             raise ValueError(f"{name}: surrogates must be a non-empty tuple (None for the model's own), "
                              f"got {self.surrogates!r}")

@@ -18,6 +18,7 @@ from ..errors import UnsupportedLayerError
 from ..evaluate import _batches, _device
 from ..metrics import ErrorResult, summarize
 from ..network import SpikingNetwork
+from ..validation import check_int
 
 __all__ = ["event_certified_error", "event_l0_bounds"]
 
@@ -198,18 +199,14 @@ def event_l0_bounds(
         raise TypeError(f"event_l0_bounds needs a SpikingNetwork, got {type(network).__name__}")
     if network.input_coding != "spike":
         raise ValueError("event_l0_bounds needs a spike-input network (input_coding='spike')")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k (the flip budget) must be an integer >= 0, got {k!r}")
+    k = check_int("k (the flip budget)", k, 0)
     if not isinstance(events, Tensor) or events.dim() < 3 or not events.is_floating_point():
         raise ValueError(
             f"events must be a floating-point tensor [T, B, X...], got {getattr(events, 'shape', type(events))}"
         )
     if not ((events == 0) | (events == 1)).all():
         raise ValueError("events must be binary (0/1)")
-    if steps is not None:
-        if not isinstance(steps, int) or not 1 <= steps <= events.shape[0]:
-            raise ValueError(f"steps must be an integer in [1, {events.shape[0]}], got {steps!r}")
-        events = events[:steps]
+    events = SpikeFrames(steps).encode(events)  # the first ``steps`` frames, checked
     view = _flip_budget_view(network, k, events.shape[0], per_step)
     return compute_bounds(view, events, events, labels=labels, method=method)
 
