@@ -1,11 +1,12 @@
-"""Input perturbation sets (Section 3.2, Algorithm 1) and input encodings.
+"""Input perturbation sets (Section 3.2, Algorithm 1).
 
 Shape glossary: ``T`` steps, ``B`` batch, ``X...`` one sample's shape.
 
 Each set turns a clean input into input bounds ``(lower, upper)`` of shape
-``[T, B, X...]`` for :func:`~snn_robust.compute_bounds`, and knows the clean encoding
-of the same input (``encode``), so a certificate and a forward pass see the same
-coding.
+``[T, B, X...]`` for :func:`~snn_robust.compute_bounds`, and knows its input coding
+(``coding(steps)``, an :mod:`snn_robust.coding` object) and the clean encoding of the same
+input (``encode``), so a certificate and a forward pass see the same coding.
+``bernoulli_encode`` is re-exported from :mod:`snn_robust.coding`, its home.
 
 What a certificate covers (the paper says so in Section 3.2): for ``DigitalLinf`` and
 ``SpikeL0`` it holds for the *sampled* random map / picks only: every input that the
