@@ -111,6 +111,7 @@ def ibp_cases(draw):
         B=draw(st.integers(1, 4)),
         shape=draw(st.sampled_from([(7,), (2, 3, 3)])),
         points=draw(st.floats(0.0, 1.0)),
+        clip=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -128,31 +129,36 @@ def _ibp_inputs(c, requires_grad=False):
         scale = c["scale"] * (0.5 + torch.rand(c["shape"], generator=gen, dtype=dt))
     else:
         alpha, th, scale = (torch.tensor(c[k], dtype=dt) for k in ("alpha", "th", "scale"))
+    clip = None
+    if c.get("clip"):  # other membrane bounds (full S-CROWN's), on the grid so that some tie
+        lo = _values(spl.shape, gen, dt, 0.4) - 0.5 * torch.rand(spl.shape, generator=gen, dtype=dt)
+        clip = (lo, lo + torch.rand(spl.shape, generator=gen, dtype=dt).round() * 0.75)
     if requires_grad:
         spl, spu = spl.requires_grad_(), spu.requires_grad_()
         alpha, th, scale = (nn.Parameter(p) for p in (alpha, th, scale))
+        clip = None if clip is None else tuple(x.requires_grad_() for x in clip)
     lif = sr.LIF(alpha, th, c["reset"], input_scale=scale, decay_reset=c["decay_reset"])
-    return spl, spu, lif
+    return spl, spu, lif, clip
 
 
-def _reference_interval(spl, spu, lif, exact_points):
+def _reference_interval(spl, spu, lif, exact_points, clip=None):
     ml, mu, errs = ibp_recurrence(spl, spu, lif.alpha, lif.input_scale, lif.threshold, lif.kappa, RESETS[lif.reset],
-                                  lif.charge if exact_points else None)
+                                  lif.charge if exact_points else None, clip=clip)
     return ml, mu, torch.stack([e.expand_as(ml[0]) for e in errs])
 
 
-def _kernel_interval(launcher, spl, spu, lif, exact_points):
+def _kernel_interval(launcher, spl, spu, lif, exact_points, clip=None):
     return _launch.lif_interval(launcher, spl, spu, lif.alpha, lif.threshold, lif.input_scale, lif.kappa,
-                                lif.reset == "zero", exact_points, unit_roundoff(spl.dtype))
+                                lif.reset == "zero", exact_points, unit_roundoff(spl.dtype), clip)
 
 
 # -- S-IBP: bit for bit, forward; gradients ------------------------------------------------------------------------
 @settings(max_examples=60)
 @given(c=ibp_cases())
 def test_ibp_recurrence_bit_exact(harness, c):
-    spl, spu, lif = _ibp_inputs(c)
-    ref = _reference_interval(spl, spu, lif, c["exact_points"])
-    got = _kernel_interval(harness, spl, spu, lif, c["exact_points"])
+    spl, spu, lif, clip = _ibp_inputs(c)
+    ref = _reference_interval(spl, spu, lif, c["exact_points"], clip)
+    got = _kernel_interval(harness, spl, spu, lif, c["exact_points"], clip)
     for name, r, g in zip(("ml", "mu", "err"), ref, got):
         assert torch.equal(r, g), f"{name}: {(r != g).sum().item()} of {r.numel()} differ"
 
@@ -163,16 +169,16 @@ def test_ibp_recurrence_gradients_match_autograd(harness, c):
     """The backward kernel against torch's autograd through the reference loop (float64:
     sums of the same terms in another order, so equal to ~1e-15)."""
     c = dict(c, dtype=torch.float64)
-    spl, spu, lif = _ibp_inputs(c, requires_grad=True)
+    spl, spu, lif, clip = _ibp_inputs(c, requires_grad=True)
     gen = torch.Generator().manual_seed(c["seed"] + 1)
     gl, gu = (torch.randn(spl.shape, generator=gen, dtype=spl.dtype) for _ in range(2))
-    leaves = [spl, spu, *lif.parameters()]
+    leaves = [spl, spu, *lif.parameters(), *(clip or ())]
 
     def grads(ml, mu, _err):
         return torch.autograd.grad((ml * gl).sum() + (mu * gu).sum(), leaves, allow_unused=True)
 
-    ref = grads(*_reference_interval(spl, spu, lif, c["exact_points"]))
-    got = grads(*_kernel_interval(harness, spl, spu, lif, c["exact_points"]))
+    ref = grads(*_reference_interval(spl, spu, lif, c["exact_points"], clip))
+    got = grads(*_kernel_interval(harness, spl, spu, lif, c["exact_points"], clip))
     for r, g in zip(ref, got):
         r = torch.zeros_like(g) if r is None else r
         assert torch.allclose(r, g, rtol=1e-12, atol=1e-12), (r - g).abs().max()
@@ -180,7 +186,7 @@ def test_ibp_recurrence_gradients_match_autograd(harness, c):
 
 # -- S-CROWN coefficient recurrence ---------------------------------------------------------------------------------
 @settings(max_examples=40)
-@given(dtype=st.sampled_from(DTYPES), hard=st.booleans(), unit=st.booleans(), diffs=st.integers(0, 31),
+@given(dtype=st.sampled_from(DTYPES), hard=st.booleans(), unit=st.booleans(), diffs=st.integers(0, 63),
        T=st.integers(1, 5), B=st.integers(1, 3), S=st.integers(1, 4), N=st.integers(1, 9),
        seed=st.integers(0, 2**31 - 1))
 def test_crown_recurrence_matches(harness, dtype, hard, unit, diffs, T, B, S, N, seed):
@@ -200,16 +206,17 @@ def test_crown_recurrence_matches(harness, dtype, hard, unit, diffs, T, B, S, N,
         reset = (alpha, drop)
     scale = None if unit else 0.5 + torch.rand(N, generator=gen, dtype=dtype)
     ce = torch.rand(T, B, N, generator=gen, dtype=dtype) * 1e-6
-    lam_ref, bias_ref = crown_recurrence(A, slope, const, carry, scale, ce)
+    A_m = _values((T, B, S, N), gen, dtype, 1.0) if diffs >> 5 & 1 else None  # full S-CROWN's start
+    lam_ref, bias_ref = crown_recurrence(A, slope, const, carry, scale, ce, A_m)
     lam, bias = _launch.lif_coefficients(harness, A, (slope.up, slope.diff, const.up, const.diff), reset, scale, ce,
-                                         hard)
+                                         hard, A_m)
     assert torch.equal(lam, lam_ref)
     eps = torch.finfo(dtype).eps
     assert torch.allclose(bias, bias_ref, rtol=0, atol=64 * eps * (1 + float(bias_ref.abs().max()))), (bias - bias_ref)
 
 
 @settings(max_examples=30)
-@given(hard=st.booleans(), unit=st.booleans(), diffs=st.integers(0, 31), T=st.integers(1, 4), B=st.integers(1, 3),
+@given(hard=st.booleans(), unit=st.booleans(), diffs=st.integers(0, 63), T=st.integers(1, 4), B=st.integers(1, 3),
        S=st.integers(1, 3), N=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
 def test_crown_recurrence_gradients_match_autograd(harness, hard, unit, diffs, T, B, S, N, seed):
     """The S-CROWN gradient kernel against torch's autograd through the reference loop
@@ -229,15 +236,16 @@ def test_crown_recurrence_gradients_match_autograd(harness, hard, unit, diffs, T
         reset = (carry.m.up, carry.s.up)
     scale = None if unit else leaf((N,))
     ce = torch.rand(T, B, N, generator=gen, dtype=dt) * 1e-3
-    leaves = [x for x in (A, *slope, *const, *reset, scale) if isinstance(x, torch.Tensor)]
+    A_m = leaf((T, B, S, N)) if diffs >> 5 & 1 else None
+    leaves = [x for x in (A, A_m, *slope, *const, *reset, scale) if isinstance(x, torch.Tensor)]
     g_lam, g_bias = torch.randn(T, B, S, N, generator=gen, dtype=dt), torch.randn(B, S, generator=gen, dtype=dt)
 
     def grads(lam, bias):
         return torch.autograd.grad((lam * g_lam).sum() + (bias * g_bias).sum(), leaves, allow_unused=True)
 
-    ref = grads(*crown_recurrence(A, slope, const, carry, scale, ce))
+    ref = grads(*crown_recurrence(A, slope, const, carry, scale, ce, A_m))
     got = grads(*_launch.lif_coefficients(harness, A, (slope.up, slope.diff, const.up, const.diff), reset, scale, ce,
-                                          hard))
+                                          hard, A_m))
     for r, g in zip(ref, got):
         r = torch.zeros_like(g) if r is None else r
         assert torch.allclose(r, g, rtol=1e-12, atol=1e-12), (r - g).abs().max()
@@ -279,15 +287,17 @@ def _net(reset, firing, per_neuron, seed, conv=False):
 @pytest.mark.parametrize("conv", [False, True])
 def test_bounds_through_kernels_equal_torch_and_are_sound(host_kernels, reset, firing, conv):
     net, lower, upper, labels, gen = _net(reset, firing, per_neuron=True, seed=3, conv=conv)
+    methods = ("ibp", "crown-ibp", "crown-full")
     with torch.no_grad():
         with kernels.use_kernels("torch"):
-            ref = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")}
+            ref = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods}
         assert not host_kernels.calls
-        got = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in ("ibp", "crown-ibp")}
+        got = {m: sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods}
     assert "ibp_forward_f32" in host_kernels.calls and "crown_backward_f32" in host_kernels.calls
     assert torch.equal(got["ibp"], ref["ibp"])
-    assert torch.allclose(got["crown-ibp"], ref["crown-ibp"], atol=1e-5)
-    assert_sound(net, net, lower, upper, labels, samples=30, gen=gen, methods=("ibp", "crown-ibp"))
+    for m in methods[1:]:
+        assert torch.allclose(got[m], ref[m], atol=1e-5), m
+    assert_sound(net, net, lower, upper, labels, samples=30, gen=gen, methods=methods)
 
 
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
@@ -421,7 +431,7 @@ def test_gpu_kernels_equal_torch_on_gpu(dtype, reset):
         for seed in range(3):
             c = dict(dtype=dtype, reset=reset, decay_reset=True, exact_points=True, per_neuron=bool(seed % 2),
                      alpha=0.25, th=0.25, scale=1.0, T=5, B=4, shape=(2, 3, 3), points=0.5, seed=seed)
-            spl, spu, lif = _ibp_inputs(c)
+            spl, spu, lif, _ = _ibp_inputs(c)
             spl, spu, lif = spl.cuda(), spu.cuda(), lif.cuda()
             with kernels.use_kernels("torch"):
                 ref = _reference_interval(spl, spu, lif, True)

@@ -20,7 +20,7 @@ membranes, rounding-error widenings, exact points, ``>`` / ``>=`` firing (throug
 stability test on ``[ml, mu]``), hard / soft reset and the S-CROWN coefficients agree to the
 bit; the S-CROWN bias and the gradients are the same sums in another order (a few ulps).
 The torch loops run where the kernels do not apply: an adapter's own charge formula with
-exact fixed points on, full S-CROWN's membrane clip / membrane coefficients, other dtypes.
+exact fixed points on, other dtypes.
 
 **Choosing the implementation.** The environment variable ``SNN_ROBUST_KERNELS``
 (``auto``, the default; ``torch``; ``cupy``) or the context manager :func:`use_kernels`
@@ -148,20 +148,20 @@ def _per_neuron_ok(shape: Sequence[int], *params: Tensor) -> bool:
 
 def lif_interval(
     spl: Tensor, spu: Tensor, alpha: Tensor, th: Tensor, scale: Tensor, kappa: Tensor, hard: bool,
-    exact_points: bool, u: float,
+    exact_points: bool, u: float, clip: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """S-IBP through one LIF layer on the GPU: see :func:`._launch.lif_interval`
     (``[T, B, N...]`` membrane bounds ``ml``, ``mu`` and the charge error ``err``)."""
-    return _launch.lif_interval(_launcher(), spl, spu, alpha, th, scale, kappa, hard, exact_points, u)
+    return _launch.lif_interval(_launcher(), spl, spu, alpha, th, scale, kappa, hard, exact_points, u, clip)
 
 
 def lif_coefficients(
     A: Tensor, fire: Sequence[Tensor | None], reset: Sequence[Tensor | None], scale: Tensor | None,
-    charge_err: Tensor | None, hard: bool,
+    charge_err: Tensor | None, hard: bool, A_m: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """S-CROWN's backward through one LIF layer on the GPU: see
     :func:`._launch.lif_coefficients`."""
-    return _launch.lif_coefficients(_launcher(), A, fire, reset, scale, charge_err, hard)
+    return _launch.lif_coefficients(_launcher(), A, fire, reset, scale, charge_err, hard, A_m)
 
 
 RESET_KINDS = {"zero": True, "subtract": False}
@@ -170,14 +170,13 @@ RESET_KINDS = {"zero": True, "subtract": False}
 
 def fused_ibp_recurrence(
     spl: Tensor, spu: Tensor, alpha: Tensor, scale: Tensor, th: Tensor, kappa: Tensor, reset: str,
-    charge: Callable | None, sp_err: Tensor | None, u: float, clip: object = None,
+    charge: Callable | None, sp_err: Tensor | None, u: float, clip: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, list[Tensor]] | None:
     """``bounds.lif.ibp_recurrence`` by the kernels (its arguments, the reset by name, plus
     the unit roundoff ``u``), or ``None`` where the torch code must run (:func:`use_cupy`;
     a reset kind or a charge arithmetic the kernels do not repeat: ``charge`` must be
-    ``None`` or :meth:`LIF.charge` itself, not an adapter's framework formula; a ``clip``
-    of the membranes, full S-CROWN's, which the kernel does not take)."""
-    if not use_cupy(spl, spu) or clip is not None:  # (cheap: the CPU case ends here)
+    ``None`` or :meth:`LIF.charge` itself, not an adapter's framework formula)."""
+    if not use_cupy(spl, spu):  # (cheap: the CPU case ends here)
         return None
     supported = (
         reset in RESET_KINDS
@@ -187,7 +186,7 @@ def fused_ibp_recurrence(
     )
     if not supported:
         return None
-    ml, mu, err = lif_interval(spl, spu, alpha, th, scale, kappa, RESET_KINDS[reset], charge is not None, u)
+    ml, mu, err = lif_interval(spl, spu, alpha, th, scale, kappa, RESET_KINDS[reset], charge is not None, u, clip)
     if sp_err is not None:
         err = err + scale.detach() * sp_err.reshape(spl.shape)
     return ml, mu, list(err.unbind(0))
@@ -199,14 +198,13 @@ def fused_crown_recurrence(
 ) -> tuple[Tensor, Tensor] | None:
     """``bounds.lif.crown_recurrence`` by the kernels (its arguments; ``Lines`` and
     ``CarryLines`` are read by attribute), or ``None`` where the torch code must run
-    (:func:`use_cupy`; coefficients ``A_m`` on the membranes, full S-CROWN's, which the
-    kernel does not take). Differentiable like the torch loop (certified training)."""
+    (:func:`use_cupy`). Differentiable like the torch loop (certified training)."""
     hard = bool(carry.m.per_step)
-    if not use_cupy(A) or A_m is not None or hard != (carry.const is not None) or A.dim() != 4:
+    if not use_cupy(A) or hard != (carry.const is not None) or A.dim() != 4:
         return None
     fire = (fire_slope.up, fire_slope.diff, fire_const.up, fire_const.diff)
     if hard:
         reset = (carry.m.up, carry.m.diff, carry.s.up, carry.s.diff, carry.const.up, carry.const.diff)
     else:
         reset = (carry.m.up, carry.s.up)
-    return lif_coefficients(A, fire, reset, scale, charge_err, hard)
+    return lif_coefficients(A, fire, reset, scale, charge_err, hard, A_m)

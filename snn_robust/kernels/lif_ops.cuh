@@ -85,19 +85,25 @@ __host__ __device__ inline void reset_carry(const Neuron<F>& p, bool hard, F ml,
     }
 }
 
-// One S-IBP step of one neuron: the membrane interval [ml, mu] at t from the spatial
-// input interval [spl, spu] and the carried state (charge widened by charge_error, exact
-// points, fire, reset). eight_u is 8 u (rounding.charge_error); err receives the widening.
+// The charge of one S-IBP step of one neuron: the membrane interval [ml, mu] at t from the
+// spatial input interval [spl, spu] and the carried state, widened by charge_error (eight_u
+// is 8 u, rounding.charge_error; err receives the widening), or the network's own float at
+// an exact point (fixed input and carry; returned in point).
 template <typename F>
-__host__ __device__ inline void ibp_step(const Neuron<F>& p, bool hard, bool exact_points, F eight_u, F spl, F spu,
-                                         IbpState<F>& s, F& ml, F& mu, F& err) {
+__host__ __device__ inline void ibp_charge(const Neuron<F>& p, bool hard, bool exact_points, F eight_u, F spl, F spu,
+                                           const IbpState<F>& s, F& ml, F& mu, F& err, bool& point) {
     F sp_abs = tmax(tabs(spl), tabs(spu));
     err = eight_u * ((F(1) + p.scale) * sp_abs + ((F(2) + p.alpha) + p.scale) * s.v_abs);
-    bool point = exact_points && spl == spu && s.cl == s.cu;
+    point = exact_points && spl == spu && s.cl == s.cu;
     if (exact_points) err = err * (point ? F(0) : F(1));
     ml = (p.scale * spl + s.cl) - err;
     mu = (p.scale * spu + s.cu) + err;
     if (point) ml = mu = charge(p, hard, s.m_prev, s.s_prev, spl);
+}
+
+// The state after step t from its final membrane interval (fire and reset).
+template <typename F>
+__host__ __device__ inline void ibp_advance(const Neuron<F>& p, bool hard, F ml, F mu, IbpState<F>& s) {
     reset_carry(p, hard, ml, mu, s.cl, s.cu);
     s.v_abs = tmax(tabs(ml), tabs(mu)) + (hard ? F(0) : p.th);
     s.m_prev = ml;
@@ -138,7 +144,7 @@ __host__ __device__ inline void reset_carry_grad(const Neuron<F>& p, bool hard, 
         gml += gcl * p.alpha;
         gmu += gcu * p.alpha;
         gp.alpha += gcl * ml + gcu * mu;
-        if (fires) gdrop -= gcl + gcu;
+        if (!silent) gdrop -= gcl + gcu;  // firing (silent wins where both hold, as in the forward)
     } else {
         F mx = tmax(ml, p.th), mn = tmin(mu, p.th);
         F sl = p.alpha * ml, fl = p.alpha * mx - drop;
@@ -165,14 +171,16 @@ __host__ __device__ inline void reset_carry_grad(const Neuron<F>& p, bool hard, 
 // (bounds/lif.py: crown_recurrence, the loop body). lam_s: the coefficient on s_t
 // (A_t plus the carry onto s_t); lines fd/fdd/fb/fdb of the fire relaxation at t
 // ("upper, lower - upper"); carry_m: the carry onto m_t (0 at the last step).
-// Returns lam_m, the coefficient on m_t; bias accumulates this neuron's bias terms.
+// am: coefficients given on m_t itself (has_am). Returns lam_m, the coefficient on m_t;
+// bias accumulates this neuron's bias terms.
 template <typename F>
-__host__ __device__ inline F crown_fire(F lam_s, F fd, F fdd, F fb, F fdb, bool first, F carry_m, F ce,
-                                        F& bias) {
+__host__ __device__ inline F crown_fire(F lam_s, F fd, F fdd, F fb, F fdb, bool first, F carry_m, bool has_am, F am,
+                                        F ce, F& bias) {
     F pos = tmax(lam_s, F(0));
     F lam_m = SNNR_FMA(pos, fdd, lam_s * fd);
     bias += lam_s * fb + pos * fdb;
     if (!first) lam_m = lam_m + carry_m;
+    if (has_am) lam_m = lam_m + am;  // coefficients straight on the membrane (full S-CROWN)
     bias -= tabs(lam_m) * ce;
     return lam_m;
 }
@@ -209,25 +217,39 @@ __host__ __device__ inline Neuron<F> neuron_at(const F* alpha, const F* th, cons
 // S-IBP forward: spl, spu [T, E] (E = B * N) -> ml, mu, err [T, E].
 template <typename F>
 __host__ __device__ inline void ibp_forward_element(long long e, const F* spl, const F* spu, const F* alpha,
-                                                    const F* th, const F* scale, const F* kappa, F* ml, F* mu, F* err,
-                                                    long long T, long long E, long long N, int hard, int exact_points,
+                                                    const F* th, const F* scale, const F* kappa, const F* clip_l,
+                                                    const F* clip_u, F* ml, F* mu, F* err, long long T, long long E,
+                                                    long long N, int hard, int exact_points, int has_clip,
                                                     F eight_u) {
     Neuron<F> p = neuron_at(alpha, th, scale, kappa, e % N);
     IbpState<F> s = ibp_init<F>();
     for (long long t = 0; t < T; ++t) {
         long long i = t * E + e;
-        ibp_step(p, hard != 0, exact_points != 0, eight_u, spl[i], spu[i], s, ml[i], mu[i], err[i]);
+        F l, u;
+        bool point;
+        ibp_charge(p, hard != 0, exact_points != 0, eight_u, spl[i], spu[i], s, l, u, err[i], point);
+        if (has_clip) {  // other sound membrane bounds (full S-CROWN's), before the carry
+            l = tmax(l, clip_l[i]);
+            u = tmin(u, clip_u[i]);
+        }
+        ml[i] = l;
+        mu[i] = u;
+        ibp_advance(p, hard != 0, l, u, s);
     }
 }
 
-// S-IBP backward: gradients gml, gmu [T, E] on the forward's ml, mu -> gspl, gspu [T, E]
-// and per-element parameter gradients galpha, gth, gscale, gkappa [E] (summed by the caller).
+// S-IBP backward: gradients gml, gmu [T, E] on the forward's ml, mu -> gspl, gspu [T, E],
+// gclip_l, gclip_u [T, E] (with a clip) and per-element parameter gradients galpha, gth,
+// gscale, gkappa [E] (summed by the caller). The state before each step is rebuilt from the
+// forward's ml, mu of the step before, bit for bit as in the forward.
 template <typename F>
 __host__ __device__ inline void ibp_backward_element(long long e, const F* spl, const F* spu, const F* alpha,
-                                                     const F* th, const F* scale, const F* kappa, const F* ml,
-                                                     const F* mu, const F* gml, const F* gmu, F* gspl, F* gspu,
+                                                     const F* th, const F* scale, const F* kappa, const F* clip_l,
+                                                     const F* clip_u, const F* ml, const F* mu, const F* gml,
+                                                     const F* gmu, F* gspl, F* gspu, F* gclip_l, F* gclip_u,
                                                      F* galpha, F* gth, F* gscale, F* gkappa, long long T, long long E,
-                                                     long long N, int hard, int exact_points) {
+                                                     long long N, int hard, int exact_points, int has_clip,
+                                                     F eight_u) {
     Neuron<F> p = neuron_at(alpha, th, scale, kappa, e % N);
     ParamGrad<F> gp = {F(0), F(0), F(0), F(0)};
     F gcl = F(0), gcu = F(0), gmp = F(0);
@@ -235,25 +257,29 @@ __host__ __device__ inline void ibp_backward_element(long long e, const F* spl, 
         long long i = t * E + e;
         F Gml = gml[i] + gmp, Gmu = gmu[i];
         if (t < T - 1) reset_carry_grad(p, hard != 0, ml[i], mu[i], gcl, gcu, Gml, Gmu, gp);
-        F cl = F(0), cu = F(0), m_prev = F(0), s_prev = F(0);
-        if (t > 0) {
-            m_prev = ml[i - E];
-            s_prev = m_prev > p.th ? F(1) : F(0);
-            reset_carry(p, hard != 0, m_prev, mu[i - E], cl, cu);
+        IbpState<F> s = ibp_init<F>();
+        if (t > 0) ibp_advance(p, hard != 0, ml[i - E], mu[i - E], s);
+        F l, u, err;
+        bool point;
+        ibp_charge(p, hard != 0, exact_points != 0, eight_u, spl[i], spu[i], s, l, u, err, point);
+        if (has_clip) {  // torch.maximum / minimum: ties split the gradient in half
+            gclip_l[i] = Gml * share_max(clip_l[i], l);
+            gclip_u[i] = Gmu * share_min(clip_u[i], u);
+            Gml = Gml * share_max(l, clip_l[i]);
+            Gmu = Gmu * share_min(u, clip_u[i]);
         }
-        bool point = exact_points != 0 && spl[i] == spu[i] && cl == cu;
         if (point) {
             F g = Gml + Gmu;
             gspl[i] = g * p.scale;
             gspu[i] = F(0);
             gp.scale += g * spl[i];
             if (hard) {
-                gp.alpha += g * (m_prev * (F(1) - s_prev));
-                gmp = (g * p.alpha) * (F(1) - s_prev);
+                gp.alpha += g * (s.m_prev * (F(1) - s.s_prev));
+                gmp = (g * p.alpha) * (F(1) - s.s_prev);
             } else {
-                gp.alpha += g * m_prev;
+                gp.alpha += g * s.m_prev;
                 gmp = g * p.alpha;
-                F gs = -(g * s_prev);
+                F gs = -(g * s.s_prev);
                 gp.kappa += gs * p.th;
                 gp.th += gs * p.kappa;
             }
@@ -273,18 +299,20 @@ __host__ __device__ inline void ibp_backward_element(long long e, const F* spl, 
     gkappa[e] = gp.kappa;
 }
 
-// S-CROWN backward through one LIF layer: coefficients A [T, B, S, N] on the spikes ->
+// S-CROWN backward through one LIF layer: coefficients A [T, B, S, N] on the spikes (and
+// A_m [T, B, S, N] on the membranes, with has_am) ->
 // lam [T, B, S, N] on the spatial input (times scale), bias [B, S, N] (summed over N by
 // the caller). Fire lines fd, fdd, fb, fdb and reset lines ra, rda, rb, rdb, rc, rdc are
 // [T, B, N] (soft reset: ra = alpha, rb = -kappa th, per neuron [N], rest unused);
 // scale [N]; ce [T, B, N] the charge errors (zeros when absent).
 template <typename F>
-__host__ __device__ inline void crown_backward_element(long long e, const F* A, const F* fd, const F* fdd,
-                                                       const F* fb, const F* fdb, const F* ra, const F* rda,
-                                                       const F* rb, const F* rdb, const F* rc, const F* rdc,
-                                                       const F* scale, const F* ce, F* lam, F* bias, F* lam_s_out,
-                                                       F* lam_m_out, long long T, long long B, long long S, long long N,
-                                                       int hard, int unit_scale, int save) {
+__host__ __device__ inline void crown_backward_element(long long e, const F* A, const F* A_m, const F* fd,
+                                                       const F* fdd, const F* fb, const F* fdb, const F* ra,
+                                                       const F* rda, const F* rb, const F* rdb, const F* rc,
+                                                       const F* rdc, const F* scale, const F* ce, F* lam, F* bias,
+                                                       F* lam_s_out, F* lam_m_out, long long T, long long B,
+                                                       long long S, long long N, int hard, int unit_scale, int has_am,
+                                                       int save) {
     long long E = B * S * N;
     long long n = e % N, b = e / (S * N);
     F acc = F(0), carry_m = F(0), carry_s = F(0);
@@ -292,7 +320,8 @@ __host__ __device__ inline void crown_backward_element(long long e, const F* A, 
         long long r = (t * B + b) * N + n;
         F a = A[t * E + e];
         F lam_s = t == T - 1 ? a : a + carry_s;
-        F lam_m = crown_fire(lam_s, fd[r], fdd[r], fb[r], fdb[r], t == T - 1, carry_m, ce[r], acc);
+        F am = has_am ? A_m[t * E + e] : F(0);
+        F lam_m = crown_fire(lam_s, fd[r], fdd[r], fb[r], fdb[r], t == T - 1, carry_m, has_am != 0, am, ce[r], acc);
         lam[t * E + e] = unit_scale ? lam_m : lam_m * scale[n];
         if (save) {  // for the gradient (crown_grad_element)
             lam_s_out[t * E + e] = lam_s;
@@ -308,7 +337,7 @@ __host__ __device__ inline void crown_backward_element(long long e, const F* A, 
 // Gradient of crown_backward_element for one neuron n of sample b (e = b * N + n) and every
 // row s, so that the gradients of the lines (shared by the rows) are summed over s in this
 // thread, in a fixed order (no atomics). lam_s, lam_m: the forward's saved coefficients;
-// glam [T, B, S, N] and gbias [B, S, N]: the incoming gradients. Writes gA [T, B, S, N] and
+// glam [T, B, S, N] and gbias [B, S, N]: the incoming gradients. Writes gA (and gA_m) and
 // adds to the line gradients gfd.. [T, B, N] and (hard reset) gra.. [T, B, N], which start at
 // zero; gscale, galpha, gdrop [B * N] (soft reset: the per-neuron alpha and drop) are per
 // thread, summed over the batch by the caller. The charge-error term has no gradient (the
@@ -317,10 +346,12 @@ template <typename F>
 __host__ __device__ inline void crown_grad_element(long long e, const F* fd, const F* fdd, const F* fb, const F* fdb,
                                                    const F* ra, const F* rda, const F* rb, const F* rdb, const F* rc,
                                                    const F* rdc, const F* scale, const F* lam_s, const F* lam_m,
-                                                   const F* glam, const F* gbias, F* gA, F* gfd, F* gfdd, F* gfb,
+                                                   const F* glam, const F* gbias, F* gA, F* gA_m, F* gfd, F* gfdd,
+                                                   F* gfb,
                                                    F* gfdb, F* gra, F* grda, F* grb, F* grdb, F* grc, F* grdc,
                                                    F* gscale, F* galpha, F* gdrop, long long T, long long B,
-                                                   long long S, long long N, int hard, int unit_scale) {
+                                                   long long S, long long N, int hard, int unit_scale,
+                                                   int has_am) {
     long long n = e % N, b = e / N, E = B * S * N;
     F gsc = F(0), gal = F(0), gdr = F(0);
     for (long long s = 0; s < S; ++s) {
@@ -350,6 +381,7 @@ __host__ __device__ inline void crown_grad_element(long long e, const F* fd, con
                     gdr += gcs * lm;
                 }
             }
+            if (has_am) gA_m[i] = glm;
             F pos = tmax(ls, F(0));
             F gls = glm * fd[r] + gb * fb[r];
             F gpos = glm * fdd[r] + gb * fdb[r];
