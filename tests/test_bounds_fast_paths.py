@@ -1,8 +1,10 @@
 """Each optimised path of the bound engine against its plain reference, on inputs that take
 the fast branch (checked): the LIF op's backward recurrence (upper line plus the
 difference where the coefficient is positive, vanishing differences skipped, a unit
-scale skipped), the first layer's concretisation in S-CROWN, and a single-Linear readout.
-The spatial operators' fast paths are in test_spatial_ops.py."""
+scale skipped), the first layer's concretisation in S-CROWN, the optimised S-CROWN's
+early return without unstable neurons, and a single-Linear readout. The spatial
+operators' fast paths are in test_spatial_ops.py; best's early exit in
+test_best_early_exit.py."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +16,7 @@ from torch import nn
 import snn_robust as sr
 from snn_robust.bounds import crown, lif as lif_mod
 from snn_robust.bounds.api import margin_spec
-from snn_robust.bounds.graph import readout_matrix
+from snn_robust.bounds.graph import bound_graph, readout_matrix
 from snn_robust.bounds.ibp import s_ibp
 from snn_robust.bounds.lif import BoundLIF, Relaxation
 from snn_robust.bounds.relaxations import fire_relaxation, reset_relaxation, stability
@@ -189,3 +191,27 @@ def test_single_linear_readout_matrix_is_the_chain_one():
     assert W1 is lin.weight and b1 is lin.bias  # the shortcut
     assert W2 is not lin.weight
     assert torch.equal(W1, W2) and torch.equal(b1, b2)
+
+
+def test_optimized_bound_without_unstable_neurons_skips_the_optimiser(monkeypatch):
+    """With no unstable neuron every relaxation is a constant or exact, so
+    ``s_crown_optimized`` returns the plain S-CROWN bound without running Adam (checked);
+    the reference: S-CROWN under arbitrary relaxation weights, which then change nothing."""
+    torch.manual_seed(3)
+    net = sr.SpikingNetwork([nn.Flatten(), nn.Linear(16, 8), sr.LIF(0.4, 0.3), nn.Linear(8, 4), sr.LIF(0.4, 0.3)]).double()
+    x, _, _ = _box(3)
+    ibp = s_ibp(net, x, x)  # a point: every membrane is one float
+    assert not any(bool(s.unstable.any()) for s in ibp.stability)
+    spec = margin_spec(torch.tensor([0, 1, 2, 3]), 4, torch.float64)
+
+    def no_optimiser(*args, **kwargs):
+        raise AssertionError("the optimiser ran")
+
+    monkeypatch.setattr(crown.torch.optim, "Adam", no_optimiser)
+    fast = crown.s_crown_optimized(net, ibp, x, x, spec)
+    gen = torch.Generator().manual_seed(0)
+    weights = [
+        Relaxation(*(torch.rand(m.shape, generator=gen, dtype=m.dtype) for _ in range(stage.neuron.relaxation_weights)))
+        for stage, (m, _) in zip(bound_graph(net), ibp.membrane)
+    ]
+    torch.testing.assert_close(fast, crown.s_crown(net, ibp, x, x, spec, relaxations=weights), rtol=0, atol=0)
