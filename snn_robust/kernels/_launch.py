@@ -4,8 +4,8 @@ Shape glossary: ``T`` steps, ``B`` batch, ``S`` specification rows, ``N...`` the
 shape of one layer, ``N`` its size.
 
 A *launcher* runs one of the entry points of ``lif_kernels.cu`` / ``host_harness.cpp``
-(``ibp_forward``, ``ibp_backward``, ``crown_backward``, suffixed ``_f32`` / ``_f64``)
-over ``n`` elements: the CuPy launcher (:mod:`._cupy`) starts one CUDA thread per element,
+(``ibp_forward``, ``ibp_backward``, ``crown_backward``, ``crown_grad``, suffixed ``_f32`` /
+``_f64``; declared once in ``lif_ops.cuh``) over ``n`` elements: the CuPy launcher (:mod:`._cupy`) starts one CUDA thread per element,
 the host launcher (:mod:`.host`) loops over them on the CPU. Arguments are passed as a
 list of torch tensors (pointers to contiguous data) and :class:`Scalar` values. Everything
 here (argument marshalling, the autograd function) is shared by both, so the host harness
