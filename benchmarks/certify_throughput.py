@@ -25,7 +25,7 @@ from snn_robust.models import paper_model
 
 from robust_step import _time  # the median-of-repeats timer (this script's folder is on sys.path)
 
-METHODS = ("ibp", "crown-ibp", "crown-ibp-adaptive", "crown-ibp-optimized")
+METHODS = ("ibp", "crown-ibp", "crown-ibp-adaptive", "crown-full", "crown-ibp-optimized")
 
 
 def _images(data: str, batch: int) -> tuple[torch.Tensor, torch.Tensor, str]:
