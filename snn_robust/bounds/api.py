@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..names import METHODS, Method
+from ..names import METHODS, Method, check_method
 from ..network import SpikingNetwork
 from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
@@ -95,8 +95,7 @@ def _validate(
             f"compute_bounds needs a SpikingNetwork, got {type(network).__name__}; convert framework models with "
             "snn_robust.from_snntorch / from_spikingjelly"
         )
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     if not isinstance(lower, Tensor) or not isinstance(upper, Tensor):
         raise TypeError(f"lower and upper must be tensors, got {type(lower).__name__} and {type(upper).__name__}")
     if lower.shape != upper.shape:
