@@ -6,20 +6,8 @@ The user's snnTorch model is an ``nn.Sequential`` run one step at a time
 (``for t: out = model(x[t])`` with ``init_hidden=True`` neurons, ``utils.reset(model)``
 between samples). The converted network takes the whole ``[T, B, ...]`` input.
 
-snnTorch 1.0.0's ``Leaky`` (``snntorch/_neurons/leaky.py``), one step with
-``beta_c = beta.clamp(0, 1)`` and ``r = fire(mem_{t-1})`` the (detached) spike of the
-previous step::
-
-    subtract:  mem_t = beta_c * mem_{t-1} + x_t - r * th
-    zero:      mem_t = beta_c * ((1 - r) * mem_{t-1}) + x_t
-    spk_t = [mem_t - th > 0]
-
-which is :class:`~snn_robust.LIF` with ``alpha = beta_c``, ``threshold = th``,
-``firing=">"``, ``input_scale = 1`` and ``kappa = 1`` (the subtracted threshold is not
-decayed). ``reset_delay=False`` resets the returned membrane at once; for the zero reset
-the spikes are identical (the reset of the next step then sees a membrane at or below
-the threshold and is 0), for the subtract reset it adds a second state bit (see
-:func:`from_snntorch`) and is refused.
+The neuron twin (snnTorch's ``Leaky`` step and its floating-point order):
+:mod:`.snntorch_neuron`.
 """
 from __future__ import annotations
 
@@ -29,12 +17,11 @@ from torch import Tensor, nn
 
 from snn_robust.errors import UnsupportedLayerError
 from snn_robust.layers import RateReadout
-from snn_robust.neuron import LIF
+from snn_robust.validation import check_positive_int
 
 from ._common import (
     ROOT,
     Collected,
-    FromSource,
     batchnorm_twin,
     check_dropout,
     check_heaviside,
@@ -47,56 +34,11 @@ from ._common import (
     scan_layers,
 )
 from ._trace import Call, convert_traced
+from .snntorch_neuron import SnnTorchLeaky, reset_kind
 
 __all__ = ["from_snntorch", "SnnTorchLeaky"]
 
 _END_HINT = "end the model with snntorch.Leaky(..., init_hidden=True, output=True) (e.g. after the last nn.Linear)"
-
-
-def _beta(leaky: nn.Module) -> Tensor:
-    return leaky.beta.clamp(0, 1)
-
-
-def _threshold(leaky: nn.Module) -> Tensor:
-    return leaky.threshold
-
-
-class SnnTorchLeaky(LIF):
-    """The LIF twin of one ``snntorch.Leaky``: reads ``beta`` and ``threshold`` from it
-    (shared, learnable or not) and repeats its floating-point operation order."""
-
-    def __init__(self, leaky: nn.Module, reset: str, reset_delay: bool, surrogate=None) -> None:
-        super().__init__(
-            alpha=FromSource(leaky, _beta),
-            threshold=FromSource(leaky, _threshold),
-            reset=reset,
-            firing=">",
-            input_scale=1.0,
-            decay_reset=False,
-            surrogate=surrogate,
-        )
-        self.reset_delay = bool(reset_delay)
-
-    @property
-    def layer_kind(self) -> str:
-        return "snntorch.Leaky"
-
-    def parameter_checks(self) -> list[tuple[str, Tensor, str]]:
-        # beta itself must be finite: snnTorch clamps it to [0, 1], which would turn an
-        # infinite beta into a plausible decay of 1.
-        return [("beta", self._alpha.source.beta, "finite"), ("threshold", self.threshold, "positive")]
-
-    def charge(self, m_prev: Tensor, s_prev: Tensor, sp: Tensor) -> Tensor:
-        beta = self.alpha
-        if self.reset == "subtract":  # Leaky._base_sub
-            return beta * m_prev + sp - s_prev * self.threshold
-        if self.reset_delay:  # Leaky._base_zero
-            return beta * ((1 - s_prev) * m_prev) + sp
-        # reset_delay=False: mem was already reset as mem - spk * mem at the last step
-        return beta * (m_prev - s_prev * m_prev) + sp
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", reset_delay={self.reset_delay}"
 
 
 def from_snntorch(
@@ -208,8 +150,7 @@ def _population(net, num_classes: int | None):
     """Attach the population-code readout (see ``num_classes`` in :func:`from_snntorch`)."""
     if num_classes is None:
         return net
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = check_positive_int("num_classes", num_classes)
     if net.readout is not None:
         raise ValueError(f"num_classes={num_classes} given, but the model already ends in a readout ({net.readout})")
     n_out = net.num_classes
@@ -334,7 +275,7 @@ class _Converter:
         out.add(module if twin is None else twin, path, module)
 
     def _leaky(self, leaky: nn.Module, path: str, out: Collected) -> None:
-        reset = _reset_kind(leaky, path)
+        reset = reset_kind(leaky, path)
         if not leaky.init_hidden and not self.traced:
             raise ValueError(
                 f"{path} (snntorch.Leaky) has init_hidden=False: it takes and returns its membrane explicitly, "
@@ -403,28 +344,6 @@ class _Converter:
         raise UnsupportedLayerError(
             f"{path} ({qualname(module)}) is not supported; supported layers are {supported} inside nn.Sequential"
         )
-
-
-def _reset_kind(leaky: nn.Module, path: str) -> str:
-    """The reset the Leaky actually runs. snnTorch picks its state function once, in
-    ``__init__``; a later change of ``reset_mechanism`` changes only part of the step,
-    so the two must agree."""
-    func = getattr(leaky.state_function, "__func__", None)
-    cls = type(leaky)
-    running = {cls._base_sub: "subtract", cls._base_zero: "zero", cls._base_int: "none"}.get(func)
-    declared = {0: "subtract", 1: "zero", 2: "none"}.get(int(leaky.reset_mechanism_val))
-    if running is None or running != declared:
-        raise ValueError(
-            f"{path} (snntorch.Leaky): reset_mechanism was changed after construction ({running!r} in the state "
-            f"function, {declared!r} in reset_mechanism), which snnTorch applies only in part; build a new Leaky "
-            "with the reset you want"
-        )
-    if running == "none":
-        raise ValueError(
-            f"{path} (snntorch.Leaky) has reset_mechanism='none' (pure integration, no reset): not supported; "
-            "use 'zero' (the paper's neuron) or 'subtract' (snnTorch's default)"
-        )
-    return running
 
 
 def _show(t: Tensor) -> str:

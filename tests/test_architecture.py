@@ -22,7 +22,6 @@ REASON = re.compile(r"longer than 400 lines because", re.IGNORECASE)
 #: Modules over the limit while issue 9's split is under way, expected to fail
 #: (``strict``: each entry must be removed once its module is split or states a reason).
 LONG_PENDING = {
-    "snn_robust.adapters.snntorch_adapter", "snn_robust.adapters.spikingjelly_adapter",
     "snn_robust.cli",
     "snn_robust.recipes.pipeline",
 }
