@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
-from ..bounds.api import METHODS, Method
+from ..bounds.api import Method
 from ..loss import certified_loss
+from ..names import check_method
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
 from ..schedules import EpsSchedule
@@ -245,8 +246,7 @@ class RobustTrainingStep(TrainingStep):
         super().__init__(perturbation, steps=steps, clean_loss=clean_loss, clip_norm=clip_norm, generator=generator)
         if not isinstance(eps_schedule, EpsSchedule):
             eps_schedule = EpsSchedule(float(eps_schedule), ramp_steps=0)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        check_method(method)
         self.perturbation = perturbation
         self.eps_schedule = eps_schedule
         self.bound_steps = _check_positive_int("bound_steps", bound_steps)
