@@ -16,6 +16,7 @@ bounds are exact).
     python benchmarks/tightness.py paper-fc paper-conv runs/nmnist-fc-robust.pt --eps 0 0.002 0.005 --n 64
     python benchmarks/tightness.py ... --error-model any-order    # widen fixed inputs too
     python benchmarks/tightness.py ... --box-attack 300    # how many samples a search inside the box breaks
+    python benchmarks/tightness.py ... --intervals          # per layer: S-IBP's and full S-CROWN's membranes
 
 ``--box-attack N`` also searches the input box itself for a margin ``<= 0`` (``N`` random
 corners, then 30 signed-gradient steps through the surrogate, each rounded to a corner):
@@ -85,6 +86,27 @@ def _box_attack(net, lower, upper, y, tries: int, gen: torch.Generator) -> torch
     return found
 
 
+def _intervals(net, lower, upper) -> list[dict]:
+    """Per LIF layer: unstable membrane-steps per sample and the mean width of the unstable
+    ones, for S-IBP's intervals and full S-CROWN's (``crown-full``)."""
+    from snn_robust.bounds.ibp import s_ibp
+    from snn_robust.bounds.intermediate import full_intervals
+
+    with torch.no_grad():
+        ibp, full = s_ibp(net, lower, upper), full_intervals(net, lower, upper)
+    rows = []
+    for k, ((il, iu), (fl, fu)) in enumerate(zip(ibp.membrane, full.membrane)):
+        unstable = ibp.stability[k].unstable
+        rows.append({
+            "layer": k, "membrane_steps": int(il[:, 0].numel()),
+            "unstable_ibp": round(unstable.sum().item() / il.shape[1], 2),
+            "unstable_full": round(full.stability[k].unstable.sum().item() / il.shape[1], 2),
+            "width_ibp": round((iu - il)[unstable].mean().item(), 5) if unstable.any() else 0.0,
+            "width_full": round((fu - fl)[unstable].mean().item(), 5) if unstable.any() else 0.0,
+        })
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model files, paper-fc or paper-conv")
@@ -96,6 +118,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--box-attack", type=int, default=0, help="random corners tried (0: no search)")
+    parser.add_argument("--intervals", action="store_true", help="per-layer S-IBP / full S-CROWN membrane intervals")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     set_error_model(args.error_model)
@@ -130,6 +153,9 @@ def main() -> None:
                 if true is not None:
                     row["max_gap_to_forward"] = float((lb - true).abs().max())
                 print(json.dumps(row), flush=True)
+            if args.intervals:
+                for row in _intervals(net, lower, upper):
+                    print(json.dumps({"model": spec, "eps": eps, "intervals": row}), flush=True)
             if args.box_attack:
                 broken = _box_attack(net, lower, upper, y, args.box_attack, torch.Generator().manual_seed(1))
                 print(json.dumps({"model": spec, "eps": eps, "method": "box-attack", "n": len(y),
