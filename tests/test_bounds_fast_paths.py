@@ -7,6 +7,8 @@ operators' fast paths are in test_spatial_ops.py; best's early exit in
 test_best_early_exit.py."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import snn_robust as sr
-from snn_robust.bounds import crown, lif as lif_mod
+from snn_robust.bounds import crown, graph as graph_mod, lif as lif_mod
 from snn_robust.bounds.api import margin_spec
 from snn_robust.bounds.graph import bound_graph, readout_matrix
 from snn_robust.bounds.ibp import s_ibp
@@ -142,7 +144,8 @@ def _box(seed: int, batch: int = 4):
 @pytest.mark.parametrize("seed", range(3))
 def test_first_layer_concretization_matches_the_plain_backward_pass(seed, monkeypatch):
     """S-CROWN stops at the first non-reshaping layer and concretises there
-    (``BoundLinear.concretize``: no transpose of that layer, gathered rows); the plain
+    (``BoundLinear.concretize``: no transpose of that layer, gathered rows, S-IBP's centre
+    of the layer reused); the plain
     reference transposes every layer, the Flatten included, and concretises over the input
     box (:meth:`BoundOp.concretize` on the Flatten)."""
     torch.manual_seed(seed)
@@ -161,21 +164,23 @@ def test_first_layer_concretization_matches_the_plain_backward_pass(seed, monkey
     calls = []
     concretize = BoundLinear.concretize
 
-    def recording(self, A, l, u):
-        calls.append(type(self).__name__)
-        return concretize(self, A, l, u)
+    def recording(self, A, l, u, centre=None):
+        calls.append(centre is ibp.input_centre)
+        return concretize(self, A, l, u, centre)
 
     monkeypatch.setattr(BoundLinear, "concretize", recording)
     fast = crown.s_crown(net, ibp, lower, upper, spec)
-    assert calls == ["BoundLinear"]  # the shortcut ran, once, on the first Linear
+    assert calls == [True]  # the shortcut ran, once, on the first Linear, with S-IBP's centre
+    again = crown.s_crown(net, dataclasses.replace(ibp, input_centre=None), lower, upper, spec)
+    assert torch.equal(fast, again)  # the reused centre is the product computed again, bit for bit
 
     class Never:  # no operator is a reshape to skip: the walk goes through the Flatten too
         pass
 
-    monkeypatch.setattr(crown, "BoundFlatten", Never)
+    monkeypatch.setattr(graph_mod, "BoundFlatten", Never)
     monkeypatch.setattr(BoundLinear, "backward", _AffineOp.backward)
     monkeypatch.setattr(BoundLinear, "concretize", BoundOp.concretize)
-    plain = crown.s_crown(net, ibp, lower, upper, spec)
+    plain = crown.s_crown(net, dataclasses.replace(ibp, input_centre=None), lower, upper, spec)
     torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
 
 

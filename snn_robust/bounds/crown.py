@@ -30,7 +30,6 @@ from ..network import SpikingNetwork
 from .graph import bound_graph
 from .ibp import IBPResult
 from .lif import Relaxation
-from .spatial import BoundFlatten
 
 __all__ = ["Relaxation", "s_crown", "s_crown_optimized"]
 
@@ -103,17 +102,17 @@ def s_crown(
         bias = bias + b
         ops, boxes = stage.ops, ibp.op_inputs[k]
         # the first stage stops at its first non-reshaping layer and concretises there
-        first = 0
-        if k == 0:
-            while first < len(ops) and isinstance(ops[first], BoundFlatten):
-                first += 1
+        first = stage.input_op() if k == 0 else 0
         sp_shape = ibp.membrane[k][0].shape[2:]
         flat = A.reshape(T * B, S, *sp_shape)
         for i in reversed(range(first + 1 if k == 0 and first < len(ops) else 0, len(ops))):
             flat, b = ops[i].backward(flat, *boxes[i])
             bias = bias + b.reshape(T, B, S).sum(0)
         if k == 0 and first < len(ops):
-            value = ops[first].concretize(flat, *boxes[first]).reshape(T, B, S).sum(0) + bias
+            centre = ibp.input_centre  # S-IBP's centre of this layer (a Linear's), not computed again
+            op = ops[first]
+            value = op.concretize(flat, *boxes[first]) if centre is None else op.concretize(flat, *boxes[first], centre)
+            value = value.reshape(T, B, S).sum(0) + bias
             return value if best is None else torch.maximum(best, value)
         A = flat.reshape(T, B, S, -1)
         if stops and k > 0:
@@ -151,7 +150,7 @@ def s_crown_optimized(
         return s_crown(network, ibp, lower, upper, spec)
     frozen = IBPResult(
         ibp.op_inputs, [(l.detach(), u.detach()) for l, u in ibp.membrane], ibp.stability, ibp.spikes,
-        ibp.charge_errors,
+        ibp.charge_errors, None if ibp.input_centre is None else ibp.input_centre.detach(),
     )
     params = []
     for k, stage in enumerate(bound_graph(network)):

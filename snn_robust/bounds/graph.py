@@ -57,6 +57,15 @@ class BoundStage:
     neuron: BoundLIF
     name: str
 
+    def input_op(self) -> int:
+        """The index of the first operator that is not a reshape (``Flatten``): in the
+        first stage, the layer that reads the network input, where S-CROWN concretises;
+        ``len(ops)`` if there is none."""
+        first = 0
+        while first < len(self.ops) and isinstance(self.ops[first], BoundFlatten):
+            first += 1
+        return first
+
 
 _GRAPHS: WeakKeyDictionary[SpikingNetwork, list[BoundStage]] = WeakKeyDictionary()
 

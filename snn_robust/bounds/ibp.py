@@ -21,6 +21,7 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from .graph import bound_graph
 from .relaxations import Stability
+from .spatial import BoundLinear
 
 __all__ = ["IBPResult", "s_ibp"]
 
@@ -36,6 +37,9 @@ class IBPResult:
     # floating-point error bounds (no gradient), per stage: how far each float membrane can lie from
     # the exact charge of the exact spatial layers applied to the float inputs [T, B, N...]
     charge_errors: list[Tensor] = field(default_factory=list)
+    # the centre module(mid) of the first stage's input layer when it is a BoundLinear (S-CROWN's
+    # concretisation there reuses it); None: computed again where needed
+    input_centre: Tensor | None = None
 
     def rates(self) -> tuple[Tensor, Tensor]:
         """Bounds ``[B, C]`` on the output rates (mean output spikes over the steps)."""
@@ -56,10 +60,14 @@ def s_ibp(
         fl, fu = l.reshape(T * B, *l.shape[2:]), u.reshape(T * B, *u.shape[2:])
         inputs = []
         sp_err = None  # the stage's carried spatial rounding error, for S-CROWN
-        for op in stage.ops:
+        first = stage.input_op() if k == 0 else -1
+        for i, op in enumerate(stage.ops):
             inputs.append((fl, fu))
             err = op.rounding_error(fl, fu)
-            fl, fu = op.interval(fl, fu)
+            if i == first and isinstance(op, BoundLinear):
+                fl, fu, result.input_centre = op.interval_and_centre(fl, fu)
+            else:
+                fl, fu = op.interval(fl, fu)
             if err is not None:
                 fl, fu = fl - err, fu + err
             with torch.no_grad():

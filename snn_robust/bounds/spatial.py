@@ -118,10 +118,16 @@ class _AffineOp(BoundOp):
         return self.abs_linear(err)
 
     def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        lo, hi, _ = self.interval_and_centre(l, u)
+        return lo, hi
+
+    def interval_and_centre(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`interval` and the centre ``module(mid)`` it is built on (which S-CROWN's
+        concretisation at the input layer reuses instead of computing it again)."""
         mid, rad = (u + l) / 2, (u - l) / 2
         centre = self.module(mid)
         spread = self.abs_linear(rad)
-        return centre - spread, centre + spread
+        return centre - spread, centre + spread, centre
 
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         flat, lead = _fold(A, 2)
@@ -153,10 +159,12 @@ class BoundLinear(_AffineOp):
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         return _sparse_rows_matmul(A, self.module.weight), self.bias_term(A)
 
-    def concretize(self, A: Tensor, l: Tensor, u: Tensor) -> Tensor:
-        """``A . (W mid + b) - |A W| . rad``: the centre term needs no transpose."""
+    def concretize(self, A: Tensor, l: Tensor, u: Tensor, centre: Tensor | None = None) -> Tensor:
+        """``A . (W mid + b) - |A W| . rad``: the centre term needs no transpose, and no
+        product at all when ``centre`` (``W mid + b``, from :meth:`interval_and_centre`
+        on the same ``[l, u]``) is given."""
         mid, rad = (u + l) / 2, (u - l) / 2
-        value = torch.bmm(A, self.module(mid).unsqueeze(-1)).squeeze(-1)
+        value = torch.bmm(A, (self.module(mid) if centre is None else centre).unsqueeze(-1)).squeeze(-1)
         if not bool((rad != 0).any()):
             return value
         return value - torch.bmm(_sparse_rows_matmul(A, self.module.weight).abs(), rad.unsqueeze(-1)).squeeze(-1)
