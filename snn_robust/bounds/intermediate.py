@@ -1,7 +1,7 @@
 """Full S-CROWN: intermediate membrane bounds from backward passes (``crown-full``).
 
 Shape glossary: ``T`` steps, ``B`` batch, ``N`` a layer's neurons (flattened), ``R`` the
-most unstable (step, neuron) pairs of one sample in a layer, ``S`` specification rows.
+most unstable neurons of one sample at one step of a layer, ``S`` specification rows.
 
 CROWN-IBP (Algorithm 2 of the paper, ``crown-ibp``) relaxes every LIF layer with the
 membrane intervals of S-IBP. Full CROWN bounds those membranes themselves by backward
@@ -16,10 +16,12 @@ every later layer's intervals shrink too; then layer ``k + 1``. The final margin
 is ``crown-ibp``'s construction (S-IBP's bound, and the backward pass with stops, their
 maximum) on the tightened intervals.
 
-Only unstable membranes get rows (a stable neuron's relaxation is a constant already, so
-a tighter interval cannot change it), as auto_LiRPA does for unstable ReLUs; the rows
-of one layer are walked in chunks so that no coefficient tensor exceeds
-``max_elements``. The first layer is skipped: its membrane at step ``t`` is the spatial
+Only unstable membranes get rows, as auto_LiRPA does for unstable ReLUs: a stable
+neuron's fire relaxation is a constant and its carry exact (silent) or zero (firing), so
+its interval enters a later membrane's backward pass through no relaxation, and that
+pass bounds the later membrane directly. A membrane of step ``t`` depends on steps
+``<= t`` only, so its rows walk back over those steps alone; the rows of one step are
+walked in chunks so that no coefficient tensor exceeds ``max_elements``. The first layer is skipped: its membrane at step ``t`` is the spatial
 image of the step-``t`` input plus the carry, which depends only on earlier steps'
 inputs, so S-IBP's sum of intervals over disjoint inputs is already what a backward pass
 would find up to the carry's relaxation.
@@ -80,10 +82,8 @@ def membrane_bounds(
 ) -> tuple[Tensor, Tensor]:
     """Bounds ``[T, B, N...]`` on layer ``k``'s membranes: the backward-pass bound where
     S-IBP's interval ``ibp.membrane[k]`` is unstable, intersected with that interval;
-    S-IBP's interval elsewhere (module docstring).
-
-    A membrane of step ``t`` depends on steps ``<= t`` only, so its rows walk back over
-    those steps alone (``T (T + 1) / 2`` step-walks per layer instead of ``T^2``)."""
+    S-IBP's interval elsewhere (module docstring; ``T (T + 1) / 2`` step-walks per layer,
+    the rows of step ``t`` over steps ``0..t``)."""
     ml, mu = ibp.membrane[k]
     T, B = ml.shape[:2]
     N = ml[0, 0].numel()
