@@ -209,6 +209,34 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
     return log
 
 
+def stability_report(net: sr.SpikingNetwork, test: tuple[torch.Tensor, torch.Tensor], eps: float) -> None:
+    """Where S-IBP loses the certificate: per stage, the share of surely-firing, surely-silent
+    and unstable neurons (over bound steps and neurons) of the verified and the unverified
+    test images at ``eps`` (T' = 3, seed 0), and the output spike counts that decide."""
+    x, y = test
+    lower, upper = sr.DigitalLinf(eps).bounds(x, 3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ibp = s_ibp(net, lower, upper)
+        rl, ru = ibp.rates()
+        verified = (round_to_grid(_ibp_spec_lower(ibp, margin_spec(y, rl.shape[1], rl.dtype)), 3) > 0).all(1)
+        rows = []
+        for k, ((ml, mu), st) in enumerate(zip(ibp.membrane, ibp.stability)):
+            for name, sel in (("verified", verified), ("unverified", ~verified)):
+                rows.append({"stage": k, "images": name, "n": int(sel.sum()),
+                             **{key: round(100 * float(getattr(st, key)[:, sel].float().mean()), 1)
+                                for key in ("fires", "silent", "unstable")},
+                             "membrane_width": round(float((mu - ml)[:, sel].mean()), 2)})
+        is_label = torch.nn.functional.one_hot(y, rl.shape[1]).bool()
+        label_low = (rl[is_label] * 3).round().int()
+        other_up = (ru.masked_fill(is_label, -1).max(1).values * 3).round().int()
+    for row in rows:
+        print(json.dumps(row))
+    pairs: dict[str, int] = {}
+    for a, b in zip(label_low[~verified].tolist(), other_up[~verified].tolist()):
+        pairs[f"{a}/{b}"] = pairs.get(f"{a}/{b}", 0) + 1
+    print(json.dumps({"unverified: label spikes surely / most spikes of another class possibly (of 3)": pairs}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("natural_model")
@@ -222,13 +250,17 @@ def main() -> None:
     parser.add_argument("--attack-eps", type=float, nargs="+", default=[0.154])
     parser.add_argument("--certify-method", default="ibp")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stability", action="store_true", help="only print stability_report for the given model")
     parser.add_argument("--save", default=None, help="folder: write each trained model to SAVE/<variant>-s<seed>.pt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     natural, info = load_model(args.natural_model)
-    train = load_train_set(info["dataset"], args.n_train)
     test = load_test_set(info["dataset"], args.n_test)
+    if args.stability:
+        stability_report(natural, test, args.eps)
+        return
+    train = load_train_set(info["dataset"], args.n_train)
     attack = sr.EOTPGD(eps=args.attack_eps[0], n_iter=10, samples=2)
 
     def report(name: str, seed: int, net: sr.SpikingNetwork, seconds: float, config: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict] = {
     "adam-cos1": dict(epochs=1, optimizer="adam", lr=1e-3, lr_schedule="cosine", warmup_epochs=0.1),
     "adam2e-3-cos1": dict(epochs=1, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1),
     "adam2e-3-cos5": dict(epochs=5, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1),
+    "adam2e-3-cos8": dict(epochs=8, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1),
     "adam2e-3-cos3-s10": dict(epochs=3, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1, clean_scale=10.0),
     "adam-cos3-s10": dict(epochs=3, optimizer="adam", lr=1e-3, lr_schedule="cosine", warmup_epochs=0.1, clean_scale=10.0),
 }
