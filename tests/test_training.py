@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from snn_robust import LIF, DigitalLinf, SpikeL0, SpikingNetwork, bound_logits, certified_loss, compute_bounds
+from snn_robust import LIF, DigitalLinf, DirectLinf, SpikeL0, SpikingNetwork, bound_logits, certified_loss, compute_bounds
 from snn_robust.schedules import EpsSchedule
 from snn_robust.training import (
+    CheckpointError,
     CleanLoss,
     EpochBatchSampler,
     RobustTrainingStep,
@@ -318,6 +319,25 @@ def reseed_globals(seed: int) -> None:
 def final_state(tmp: Path):
     ck = load_checkpoint(tmp / "last.pt")
     return ck, [ck["model"][k] for k in sorted(ck["model"])]
+
+
+def test_eps_is_carried_once_by_the_config(tmp_path):
+    """The run's radius is config.eps: the perturbation gives its kind (eps 0) or the same
+    eps, never a second radius; the checkpoint identity is that kind at config.eps."""
+    with pytest.raises(ValueError, match=r"perturbation's eps 0.1 differs from TrainConfig.eps 0.06"):
+        fit(tiny_net(), tiny_data(), DigitalLinf(0.1), CONFIG, progress=False)
+    assert CONFIG.training_set(DigitalLinf(0.0)) == CONFIG.training_set(DigitalLinf(0.06)) == DigitalLinf(0.06)
+    assert TrainConfig.natural().training_set(DigitalLinf(0.3)) == DigitalLinf(0.0)  # natural: the coding only
+    assert CONFIG.training_set(DirectLinf(0.0, low=-1.0, high=2.0)) == DirectLinf(0.06, low=-1.0, high=2.0)
+    run(tmp_path, max_steps=2)
+    identity = repr(DigitalLinf(0.06))
+    assert load_checkpoint(tmp_path / "last.pt")["perturbation"] == identity
+    assert json.loads((tmp_path / "config.json").read_text())["perturbation"] == identity
+    resumed = fit(tiny_net(), tiny_data(), DigitalLinf(0.06), CONFIG, run_dir=tmp_path, resume=True, progress=False,
+                  batch_transform=noisy_transform, max_steps=3)  # the same run, its eps now given twice
+    assert resumed.step == 3
+    with pytest.raises(CheckpointError, match=r"it was trained with DigitalLinf\(eps=0.06\), now DirectLinf"):
+        fit(tiny_net(), tiny_data(), DirectLinf(0.0), CONFIG, run_dir=tmp_path, resume=True, progress=False)
 
 
 def test_resume_mid_ramp_matches_an_uninterrupted_run(tmp_path):

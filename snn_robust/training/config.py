@@ -9,8 +9,10 @@ from typing import Any, Literal, Mapping
 import torch
 
 from ..bounds.api import METHODS, Method
+from ..perturbations import Perturbation
 from ..schedules import EPS_SHAPES, EpsSchedule
-from .steps import DEFAULT_CE_SCALE, CleanLoss, _check_clip, _check_positive_int, _check_weight
+from ..validation import check_number, check_positive_int
+from .steps import DEFAULT_CE_SCALE, CleanLoss, _check_clip
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -41,8 +43,8 @@ class TrainConfig:
         clip_norm: gradient-norm clip, ``None`` for none (paper robust: 0.25).
         clean_loss, clean_scale: see :class:`CleanLoss`.
         robust: train with the certified loss (else natural BPTT).
-        eps: the eps to certify; training ramps to ``eps * train_eps_factor`` (ANN practice
-            trains at 1.33-2x the certified eps); ramp_epochs / hold_epochs /
+        eps: the eps to certify, the run's one radius (:meth:`training_set`); training ramps
+            to ``eps * train_eps_factor`` (ANN practice trains at 1.33-2x the certified eps); ramp_epochs / hold_epochs /
             eps_start_epoch / eps_shape: the :class:`EpsSchedule`.
         bound_steps: T' of the bounds (paper: 3); method: the training bound.
         clean_weight, bound_weight, clean_weight_start, bound_scale: see
@@ -84,24 +86,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
-        _check_positive_int("epochs", self.epochs)
-        _check_positive_int("batch_size", self.batch_size)
-        _check_positive_int("steps", self.steps)
-        _check_positive_int("bound_steps", self.bound_steps)
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("steps", self.steps)
+        check_positive_int("bound_steps", self.bound_steps)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.eps_shape not in EPS_SHAPES:
             raise ValueError(f"eps_shape must be one of {EPS_SHAPES}, got {self.eps_shape!r}")
         if self.clean_weight_start is not None:
-            _check_weight("clean_weight_start", self.clean_weight_start)
+            check_number("clean_weight_start", self.clean_weight_start, 0.0)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps", "clean_weight", "bound_weight", "weight_decay", "momentum", "lr_gamma"):
-            _check_weight(name, getattr(self, name))
+        check_number("lr", self.lr, 0.0, low_open=True)
+        for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps",
+                     "clean_weight", "bound_weight", "weight_decay", "momentum", "lr_gamma"):
+            check_number(name, getattr(self, name), 0.0)
         _check_clip(self.clip_norm)
         CleanLoss(self.clean_loss, self.clean_scale)
 
@@ -146,6 +148,23 @@ class TrainConfig:
         """
         base: dict[str, Any] = dict(optimizer="adam", lr=1e-3, method="ibp", ramp_epochs=0.5, hold_epochs=2.5, epochs=3)
         return cls.robust(eps, **{**base, **overrides})
+
+    def training_set(self, perturbation: Perturbation) -> Perturbation:
+        """The perturbation set a run trains against: the kind of ``perturbation`` (its class,
+        coding and value range) with the radius :attr:`eps`, which the eps schedule ramps up
+        to (times :attr:`train_eps_factor`). eps is carried once, here: ``perturbation``
+        gives no second radius, its eps must be 0 (the kind only) or :attr:`eps`.
+
+        Its repr is, with :meth:`to_dict`, the identity of a :func:`~snn_robust.training.fit`
+        checkpoint."""
+        if not isinstance(perturbation, Perturbation):
+            raise TypeError("perturbation must be a Perturbation (DigitalLinf, SpikeL0, DirectLinf), "
+                            f"got {type(perturbation).__name__}")
+        if self.robust and perturbation.eps not in (0.0, self.eps):
+            raise ValueError(f"the perturbation's eps {perturbation.eps} differs from TrainConfig.eps {self.eps}: the run "
+                             f"trains at config.eps (ramped by the schedule); pass {type(perturbation).__name__} with eps "
+                             f"0 (its kind only) or {self.eps}, or set the config's eps")
+        return perturbation.with_eps(self.eps)
 
     def eps_schedule(self, steps_per_epoch: int) -> EpsSchedule:
         return EpsSchedule.from_epochs(self.eps * self.train_eps_factor, self.ramp_epochs, self.hold_epochs, steps_per_epoch,

@@ -18,13 +18,15 @@ from .. import distributed
 from ..fileio import atomic_write_text
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
+from ..validation import check_positive_int
 from .config import TrainConfig, _make_lr_scheduler, _make_optimizer
 from .logs import _environment, _Mean, _MetricsLog, _row
 from .sampler import EpochBatchSampler
 from .state import CHECKPOINT_NAME, CheckpointError, CheckpointFiles, FitState
-from .steps import CleanLoss, NonFiniteError, RobustTrainingStep, TrainingStep, _check_positive_int, non_finite_parameters
+from .steps import CleanLoss, NonFiniteError, RobustTrainingStep, TrainingStep, non_finite_parameters
 
 log = logging.getLogger("snn_robust.training")
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` or a ``torch.device``."""
@@ -83,8 +85,9 @@ def fit(
         dataset: a map-style dataset; batches are drawn by :class:`EpochBatchSampler`, whose
             order depends only on ``(config.seed, epoch)``. Random transforms inside the
             dataset are outside the resumable state.
-        perturbation: the input coding and (robust) perturbation set; its eps is replaced by
-            the schedule's.
+        perturbation: the input coding and (robust) kind of perturbation set; the run trains
+            against ``config.training_set(perturbation)``, this kind at radius ``config.eps``
+            (ramped by the schedule), so its own eps must be 0 or ``config.eps``.
         config: see :class:`TrainConfig`.
         run_dir: writes ``config.json`` (config and versions), ``metrics.csv`` /
             ``metrics.jsonl`` (one row per epoch) and, with ``log_every``, ``steps.csv`` /
@@ -137,9 +140,10 @@ def fit(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if isinstance(dataset, DataLoader):
         raise TypeError("fit takes the dataset, not a DataLoader: it draws its own resumable batch order (pass loader.dataset)")
+    perturbation = config.training_set(perturbation)  # the radius comes from the config alone
     for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every), ("max_steps", max_steps)):
         if value is not None:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
     dev = resolve_device(device)
     net.to(dev)
     # several processes (snn_robust.distributed): shards of each global batch, averaged

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from .. import distributed
-from .steps import _check_positive_int
+from ..validation import check_positive_int
 
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of indices in an order that is a pure function of ``(seed, epoch)``, so a run
@@ -29,11 +29,11 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.n = _check_positive_int("dataset size", n)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.n = check_positive_int("dataset size", n)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         if drop_last and n < batch_size:
             raise ValueError(f"drop_last=True with {n} samples and batch_size {batch_size} leaves no batch")
-        self.world_size = _check_positive_int("world_size", world_size)
+        self.world_size = check_positive_int("world_size", world_size)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an int in 0..{world_size - 1}, got {rank!r}")
         self.rank = rank

@@ -51,8 +51,7 @@ class CleanLoss:
     def __post_init__(self) -> None:
         if self.kind not in CLEAN_LOSSES:
             raise ValueError(f"CleanLoss kind must be one of {CLEAN_LOSSES}, got {self.kind!r}")
-        if not (float(self.scale) > 0 and math.isfinite(self.scale)):
-            raise ValueError(f"CleanLoss scale must be a positive number, got {self.scale!r}")
+        check_number("CleanLoss scale", self.scale, 0.0, low_open=True)
 
     def __call__(self, rates: Tensor, labels: Tensor) -> Tensor:
         if self.kind == "ce":
@@ -72,23 +71,9 @@ def non_finite_parameters(net: torch.nn.Module) -> list[str]:
     return non_finite_names([*net.named_parameters(), *net.named_buffers()])
 
 
-def _check_weight(name: str, value: float) -> float:
-    value = float(value)
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-_check_positive_int = check_positive_int
-
-
 def _check_clip(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    if not value > 0:
-        raise ValueError(f"clip_norm must be > 0 or None (no clipping), got {value!r}")
-    return value
+    """``clip_norm``: ``None`` (no clipping) or a finite number > 0."""
+    return None if value is None else check_number("clip_norm (None: no clipping)", value, 0.0, low_open=True)
 
 
 class TrainingStep:
@@ -131,7 +116,7 @@ class TrainingStep:
         if not isinstance(clean_loss, CleanLoss):
             raise TypeError(f"clean_loss must be a CleanLoss, got {type(clean_loss).__name__}")
         self.coding = coding
-        self.steps = _check_positive_int("steps", steps)
+        self.steps = check_positive_int("steps", steps)
         self.clean_loss = clean_loss
         self.clip_norm = _check_clip(clip_norm)
         self.generator = generator
@@ -249,12 +234,12 @@ class RobustTrainingStep(TrainingStep):
         check_method(method)
         self.perturbation = perturbation
         self.eps_schedule = eps_schedule
-        self.bound_steps = _check_positive_int("bound_steps", bound_steps)
+        self.bound_steps = check_positive_int("bound_steps", bound_steps)
         self.method = method
-        self.clean_weight = _check_weight("clean_weight", clean_weight)
-        self.bound_weight = _check_weight("bound_weight", bound_weight)
+        self.clean_weight = check_number("clean_weight", clean_weight, 0.0)
+        self.bound_weight = check_number("bound_weight", bound_weight, 0.0)
         if clean_weight_start is not None:
-            clean_weight_start = _check_weight("clean_weight_start", clean_weight_start)
+            clean_weight_start = check_number("clean_weight_start", clean_weight_start, 0.0)
             if clean_weight_start > self.clean_weight + self.bound_weight:
                 raise ValueError(f"clean_weight_start ({clean_weight_start}) must be <= clean_weight + bound_weight "
                                  f"({self.clean_weight + self.bound_weight}), the fixed sum of the two weights")
