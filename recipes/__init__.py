@@ -6,7 +6,9 @@
     results = run_recipe(get_recipe("mnist-fc"), get_profile("quick"), "runs/mnist-fc-quick")
 
 See :mod:`.configs` (recipes, profiles, the paper's reference numbers), :mod:`.pipeline`
-(the stages, model files, resumption) and :mod:`.report` (results.md and plots).
+(the run: stages, resumption; with :mod:`.evaluation`, :mod:`.plan`, :mod:`.search`) and
+:mod:`.report` (results.md and plots). The library pieces the recipes use (model files,
+datasets by name, the training stage, provenance) are in :mod:`snn_robust` itself.
 """
 from __future__ import annotations
 

@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 REMAPPED = {"adapters": ROOT / "adapters", "recipes": ROOT / "recipes"}
 MAX_LINES = 400
 REASON = re.compile(r"longer than 400 lines because", re.IGNORECASE)
-#: Modules over the limit while issue 9's split is under way, expected to fail
-#: (``strict``: each entry must be removed once its module is split or states a reason).
-LONG_PENDING = {
-    "snn_robust.cli",
-    "snn_robust.recipes.pipeline",
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -125,15 +119,39 @@ def test_cycle_finder_finds_a_cycle_and_only_a_cycle() -> None:
 
 
 def test_import_scan_resolves_relative_imports() -> None:
-    # snn_robust/cli.py imports its light name lists at module level and nothing heavy
-    assert "snn_robust.names" in _module_level_imports("snn_robust.cli")
-    assert "snn_robust.training" not in _module_level_imports("snn_robust.cli")
+    # the command line imports its light name lists at module level, the library lazily
+    assert "snn_robust.names" in _module_level_imports("snn_robust.cli.common")  # from ..names import
+    assert "snn_robust.cli.common" in _module_level_imports("snn_robust.cli.train_commands")  # from .common import
+    assert "snn_robust.cli.data_command" in _module_level_imports("snn_robust.cli")  # package: from .data_command
+    cli = [name for name in MODULES if name.startswith("snn_robust.cli")]
+    assert not any("snn_robust.training" in _module_level_imports(name) for name in cli)
 
 
 def test_no_import_cycle_among_modules() -> None:
     graph = {name: _module_level_imports(name) for name in MODULES}
     cycle = _cycle(graph)
     assert cycle is None, "module-level import cycle: " + " -> ".join(cycle or [])
+
+
+def _all_imports(module: str) -> set[str]:
+    """Every snn_robust module ``module`` imports, at module level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(module, node)
+            found.update(f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names)
+    return found
+
+
+def test_the_library_does_not_import_the_recipes() -> None:
+    """Recipes are experiments built on the library: nothing in snn_robust depends on them,
+    except the ``recipe`` command, which runs one."""
+    library = [m for m in MODULES if not m.startswith("snn_robust.recipes") and m != "snn_robust.cli.recipe_command"]
+    offenders = {m: sorted(i for i in _all_imports(m) if i.startswith("snn_robust.recipes")) for m in library}
+    assert not {m: i for m, i in offenders.items() if i}
+    assert any(i.startswith("snn_robust.recipes") for i in _all_imports("snn_robust.cli.recipe_command"))
 
 
 def test_every_module_imports_on_its_own() -> None:
@@ -195,9 +213,7 @@ def _docstring_head(file: Path) -> str:
     return "\n".join(doc.splitlines()[:5])
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="over 400 lines, split pending (issue 9)"))
-    if name in LONG_PENDING else name for name in sorted(MODULES)])
+@pytest.mark.parametrize("name", sorted(MODULES))
 def test_long_modules_state_why(name: str) -> None:
     file = MODULES[name]
     lines = len(file.read_text().splitlines())
