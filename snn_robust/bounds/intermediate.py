@@ -50,6 +50,7 @@ from torch import Tensor
 
 from ..network import SpikingNetwork
 from .crown import s_crown
+from .graph import bound_graph
 from .ibp import IBPResult, s_ibp
 from .rounding import grid_tolerance
 
@@ -83,7 +84,9 @@ def membrane_bounds(
     """Bounds ``[T, B, N...]`` on layer ``k``'s membranes: the backward-pass bound where
     S-IBP's interval ``ibp.membrane[k]`` is unstable, intersected with that interval;
     S-IBP's interval elsewhere (module docstring; ``T (T + 1) / 2`` step-walks per layer,
-    the rows of step ``t`` over steps ``0..t``)."""
+    the rows of step ``t`` over steps ``0..t``, unless an operator declares
+    ``couples_steps``: one whose bound at a step depends on the other steps' inputs, such
+    as the certificates' flip budget over a whole recording, gets every step)."""
     ml, mu = ibp.membrane[k]
     T, B = ml.shape[:2]
     N = ml[0, 0].numel()
@@ -91,6 +94,7 @@ def membrane_bounds(
     width = max([N] + [int(m[0][0, 0].numel()) for m in ibp.membrane[:k]])
     tol = grid_tolerance(ml.dtype)
     rows = torch.arange(B, device=ml.device).unsqueeze(1)
+    coupled = any(getattr(op, "couples_steps", False) for stage in bound_graph(network) for op in stage.ops)
     lows, highs = [], []
     for t in range(T):
         low = ml.new_full((B, N), float("-inf"))
@@ -101,17 +105,18 @@ def membrane_bounds(
             # per sample, its unstable neurons first; rows past its count are padding
             order = torch.argsort(unstable[t].to(torch.int8), dim=1, descending=True, stable=True)[:, :R]
             valid = torch.arange(R, device=ml.device).unsqueeze(0) < counts.unsqueeze(1)
-            window = _first_steps(ibp, t + 1)
-            chunk = max(1, min(R, max_elements // (2 * (t + 1) * B * width)))
+            n = T if coupled else t + 1  # steps walked
+            window = _first_steps(ibp, n)
+            chunk = max(1, min(R, max_elements // (2 * n * B * width)))
             for r0 in range(0, R, chunk):
                 idx = order[:, r0:r0 + chunk]  # [B, c]
                 c = idx.shape[1]
                 # coefficients on the membranes of step t: +e_j (lower bound), then -e_j (upper)
-                A_m = ml.new_zeros(t + 1, B, 2 * c, N)
+                A_m = ml.new_zeros(n, B, 2 * c, N)
                 cols = torch.arange(c, device=ml.device)
                 A_m[t, rows, cols, idx] = 1.0
                 A_m[t, rows, cols + c, idx] = -1.0
-                lb = s_crown(network, window, lower[: t + 1], upper[: t + 1], None, stops=True, start=(k, A_m)) - tol
+                lb = s_crown(network, window, lower[:n], upper[:n], None, stops=True, start=(k, A_m)) - tol
                 ok = valid[:, r0:r0 + chunk]
                 inf = torch.full_like(lb[:, :c], float("inf"))
                 low = low.scatter(1, idx, torch.where(ok, lb[:, :c], -inf))

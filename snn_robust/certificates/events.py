@@ -52,6 +52,9 @@ class _FlipBudgetOp(BoundOp):
     def __init__(self, op: BoundOp, k: int, steps: int, per_step: bool) -> None:
         super().__init__(op.module, op.name)
         self.op, self.k, self.steps, self.per_step = op, k, steps, per_step
+        # one budget over the recording ties the steps together: full S-CROWN must walk its
+        # rows over all the recording's steps (bounds/intermediate.py)
+        self.couples_steps = not per_step
 
     def _gains(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """Flip gains of every output, ``[M, N, G(, L)]`` with the candidates along dim 2,
