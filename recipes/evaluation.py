@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from snn_robust import DigitalLinf, compute_bounds, distributed
+from snn_robust import DigitalLinf, distributed
 from snn_robust.datasets import attack_errors
-from snn_robust.loss import bound_logits
+from snn_robust.loss import certified_loss
 from snn_robust.network import SpikingNetwork
 
 from .search import search_eps
@@ -149,10 +148,10 @@ class EvaluationStages:
                 for i in range(0, len(y), c.profile.eval_batch):
                     xb, yb = x[i:i + c.profile.eval_batch].to(c.device), y[i:i + c.profile.eval_batch].to(c.device)
                     xb = self.perturbation.coding(steps).batch(xb)  # event frames: time-major
-                    lo, up = self.perturbation.bounds(xb, steps, gen)
                     with torch.no_grad():
-                        m = compute_bounds(net, lo, up, labels=yb, method="crown-ibp")
-                    total += float(F.cross_entropy(bound_logits(m, yb), yb, reduction="sum"))
+                        loss, m = certified_loss(net, xb, yb, self.perturbation, steps, "crown-ibp", gen,
+                                                 reduction="sum", return_margins=True)
+                    total += float(loss)
                     ok += int((m > 0).all(1).sum())
                 losses.append(total / len(y))
                 verified.append(ok / len(y))
