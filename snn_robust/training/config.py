@@ -8,7 +8,8 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from ..bounds.api import METHODS, Method
+from ..bounds.api import Method
+from ..names import check_method
 from ..perturbations import Perturbation
 from ..schedules import EPS_SHAPES, EpsSchedule
 from ..validation import check_number, check_positive_int
@@ -98,8 +99,7 @@ class TrainConfig:
             check_number("clean_weight_start", self.clean_weight_start, 0.0)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        check_method(self.method)
         check_number("lr", self.lr, 0.0, low_open=True)
         for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps",
                      "clean_weight", "bound_weight", "weight_decay", "momentum", "lr_gamma"):
