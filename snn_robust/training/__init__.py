@@ -35,8 +35,9 @@ multiplies the bound logits, default 1 as in the paper).
 
 The package, one job per module: :mod:`.steps` (the clean loss and the single training
 steps), :mod:`.config` (:class:`TrainConfig`, its presets, optimizer and lr schedules),
-:mod:`.sampler` (the resumable batch order), :mod:`.state` (RNG states, checkpoint files,
-running means), :mod:`.logs` (metric rows and files) and :mod:`.fit` (the ready loop).
+:mod:`.sampler` (the resumable batch order), :mod:`.state` (RNG states, checkpoint files
+and :class:`~snn_robust.training.state.FitState`, the one definition of a checkpoint's
+content), :mod:`.logs` (running means, metric rows and files) and :mod:`.fit` (the ready loop).
 Every name below is importable from ``snn_robust.training``.
 """
 from __future__ import annotations
