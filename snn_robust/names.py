@@ -23,44 +23,51 @@ Method = Literal[
 @dataclass(frozen=True)
 class BoundMethod:
     """One bound method of :func:`snn_robust.compute_bounds`: its ``name`` (the ``method``
-    argument, ``--method`` on the command line), a one-line ``summary`` and the longer
-    ``description``. ``training``: whether its bound is meant for certified training (cheap
-    enough, and differentiable in a useful way), as opposed to certification only."""
+    argument, ``--method`` on the command line), a one-line ``summary``, the longer
+    ``description``, and ``passes``: the bound passes it computes, whose elementwise maximum
+    (each pass is sound, so the maximum is) is the method's bound; the passes themselves are
+    functions of :mod:`snn_robust.bounds.api` (``_passes``): ``ibp`` (S-IBP), ``crown``
+    (S-CROWN concretised at every layer), ``crown-paper``, ``crown-adaptive``, ``crown-full``,
+    ``crown-optimized``. ``training``: whether its bound is meant for certified training
+    (cheap enough, and differentiable in a useful way), as opposed to certification only."""
 
     name: str
     summary: str
     description: str
+    passes: tuple[str, ...]
     training: bool = True
 
 
 _REGISTRY = (
-    BoundMethod("ibp", "S-IBP (Eq. 7, 9, 11)", "S-IBP: interval bounds through every layer and time step (Eq. 7, 9, 11)."),
+    BoundMethod("ibp", "S-IBP (Eq. 7, 9, 11)", "S-IBP: interval bounds through every layer and time step (Eq. 7, 9, 11).", ("ibp",)),
     BoundMethod(
         "crown-ibp", "S-CROWN with S-IBP intermediate bounds, never looser than S-IBP",
         "S-CROWN (Eq. 8, 10, Algorithm 2) with S-IBP intermediate bounds, concretised also at every hidden "
         "spike layer and at the output (where it is S-IBP's bound), the per-row maximum: never looser than "
-        "S-IBP, by construction (see :func:`snn_robust.bounds.compute_bounds`)."),
+        "S-IBP, by construction (see :func:`snn_robust.bounds.compute_bounds`).", ("ibp", "crown")),
     BoundMethod(
         "crown-ibp-paper", "the paper's S-CROWN exactly (for reproduction)",
         "The paper's S-CROWN exactly (its relaxation, concretised at the input only), for reproduction; it "
-        "can be looser than S-IBP."),
+        "can be looser than S-IBP.", ("crown-paper",)),
     BoundMethod(
         "crown-ibp-adaptive", "S-CROWN with reset planes chosen per neuron",
         "The paper's S-CROWN with the reset planes chosen per neuron among the four faces of the reset's "
-        "convex hull."),
+        "convex hull.", ("crown-adaptive",)),
     BoundMethod(
         "crown-ibp-optimized", "S-CROWN with relaxations optimised per neuron (certification)",
         "Fire lines and reset planes optimised per neuron within their valid families (alpha-CROWN style, "
-        "20 projected Adam steps; for certification rather than training).", training=False),
+        "20 projected Adam steps; for certification rather than training).", ("crown-optimized",), training=False),
     BoundMethod(
         "crown-full", "full S-CROWN: hidden membranes bounded by backward passes too (certification)",
         "Full S-CROWN: the membranes of every LIF layer after the first bounded by backward passes too where "
         "S-IBP leaves them unstable, then ``crown-ibp`` on the tightened intervals "
-        "(:mod:`snn_robust.bounds.intermediate`; for certification: many more backward rows).", training=False),
+        "(:mod:`snn_robust.bounds.intermediate`; for certification: many more backward rows).", ("crown-full",),
+        training=False),
     BoundMethod(
         "best", "the elementwise maximum of all methods (certification)",
         "The elementwise maximum of all the methods (each is sound, so their maximum is); with labels, the "
-        "expensive ones run only on samples the cheap ones leave unverified.", training=False),
+        "expensive ones run only on samples the cheap ones leave unverified.",
+        ("ibp", "crown", "crown-adaptive", "crown-full", "crown-optimized"), training=False),
 )
 
 BOUND_METHODS: dict[str, BoundMethod] = {m.name: m for m in _REGISTRY}

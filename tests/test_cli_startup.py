@@ -87,6 +87,18 @@ def test_method_registry_is_the_method_type() -> None:
     assert all(m.name == name and m.summary and m.description for name, m in BOUND_METHODS.items())
 
 
+def test_every_registered_pass_is_a_bound_pass() -> None:
+    """compute_bounds runs a method's passes by name: each name the registry uses is one of
+    the engine's passes, and each pass serves some method."""
+    from snn_robust.bounds.api import _EXPENSIVE, _passes
+    from snn_robust.names import BOUND_METHODS
+
+    engine = set(_passes(None, None, None, None, None))  # the table only; nothing is computed
+    used = {name for m in BOUND_METHODS.values() for name in m.passes}
+    assert used == engine and set(_EXPENSIVE) <= engine
+    assert all(m.passes and len(set(m.passes)) == len(m.passes) for m in BOUND_METHODS.values())
+
+
 def test_check_method_accepts_the_registry_and_names_what_it_refuses() -> None:
     from snn_robust.names import BOUND_METHODS, check_method
 

@@ -4,10 +4,12 @@ Shape glossary: ``T'`` bound steps, ``B`` batch, ``C`` classes, ``S`` specificat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from ..names import METHODS, Method, check_method
+from ..names import BOUND_METHODS, METHODS, Method, check_method
 from ..network import SpikingNetwork
 from ..validation import check_all_finite
 from .crown import s_crown, s_crown_optimized
@@ -49,11 +51,35 @@ def _full(network: SpikingNetwork, lower: Tensor, upper: Tensor, spec: Tensor) -
     return [_ibp_spec_lower(full, spec), s_crown(network, full, lower, upper, spec, stops=True)]
 
 
-def _expensive(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, spec: Tensor) -> Tensor:
-    """The maximum of ``crown-full``'s bounds and the optimised S-CROWN's (on S-IBP's
-    intervals, so ``best`` stays at least ``crown-ibp-optimized`` by construction: the
-    optimisation is not monotone in the intervals)."""
-    return _maximum(_full(network, lower, upper, spec) + [s_crown_optimized(network, ibp, lower, upper, spec)])
+def _passes(
+    network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, spec: Tensor
+) -> dict[str, Callable[[], list[Tensor]]]:
+    """The bound passes by name (the names of :attr:`snn_robust.names.BoundMethod.passes`),
+    each computing a list of sound lower bounds ``[B, S]`` when called. The optimised
+    S-CROWN runs on S-IBP's intervals, so ``best`` stays at least ``crown-ibp-optimized`` by
+    construction (the optimisation is not monotone in the intervals)."""
+    return {
+        "ibp": lambda: [_ibp_spec_lower(ibp, spec)],
+        "crown": lambda: [s_crown(network, ibp, lower, upper, spec, adaptive=False, stops=True)],
+        "crown-paper": lambda: [s_crown(network, ibp, lower, upper, spec, adaptive=False)],
+        "crown-adaptive": lambda: [s_crown(network, ibp, lower, upper, spec, adaptive=True)],
+        "crown-full": lambda: _full(network, lower, upper, spec),
+        "crown-optimized": lambda: [s_crown_optimized(network, ibp, lower, upper, spec)],
+    }
+
+
+#: Passes that ``best``'s early exit runs only on the samples the other passes leave unverified.
+_EXPENSIVE = ("crown-full", "crown-optimized")
+
+
+def _run(passes: dict[str, Callable[[], list[Tensor]]], names: list[str]) -> list[Tensor]:
+    return [bound for name in names for bound in passes[name]()]
+
+
+def _expensive(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, spec: Tensor,
+               names: list[str]) -> Tensor:
+    """The maximum of the expensive passes ``names`` (:data:`_EXPENSIVE`)."""
+    return _maximum(_run(_passes(network, ibp, lower, upper, spec), names))
 
 
 def _optimized_unverified(
@@ -64,6 +90,7 @@ def _optimized_unverified(
     spec: Tensor,
     cheap: list[Tensor],
     finish,
+    names: list[str],
 ) -> Tensor:
     """``best``'s early exit: the expensive bounds (:func:`_expensive`), ``[B, S]``, on
     the samples the ``cheap`` bounds (each ``[B, S]``, unrounded; ``finish`` rounds them
@@ -76,10 +103,10 @@ def _optimized_unverified(
     if todo.numel() == 0:
         return cheap[-1]
     if todo.numel() == B:
-        return _expensive(network, ibp, lower, upper, spec)
+        return _expensive(network, ibp, lower, upper, spec, names)
     # S-IBP again on the subset (per sample, so the subset's intervals are the batch's)
     sub_l, sub_u = lower[:, todo], upper[:, todo]
-    sub = _expensive(network, s_ibp(network, sub_l, sub_u), sub_l, sub_u, spec[todo])
+    sub = _expensive(network, s_ibp(network, sub_l, sub_u), sub_l, sub_u, spec[todo], names)
     return cheap[-1].index_copy(0, todo, sub)
 
 
@@ -250,21 +277,17 @@ def compute_bounds(
         grid = readout.grid()
         return round_to_grid(lb, lower.shape[0] * grid) if grid else lb - grid_tolerance(lb.dtype)
 
-    found = []
-    if method in ("ibp", "crown-ibp", "best"):
-        found.append(_ibp_spec_lower(ibp, spec))
-    if method in ("crown-ibp", "best"):
-        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False, stops=True))
-    if method == "crown-ibp-paper":
-        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=False))
-    if method in ("crown-ibp-adaptive", "best"):
-        found.append(s_crown(network, ibp, lower, upper, spec, adaptive=True))
-    if method == "crown-full" or (method == "best" and (exhaustive or labels is None)):
-        found.extend(_full(network, lower, upper, spec))
-    if method == "crown-ibp-optimized" or (method == "best" and (exhaustive or labels is None)):
-        found.append(s_crown_optimized(network, ibp, lower, upper, spec))
-    elif method == "best":
-        found.append(_optimized_unverified(network, ibp, lower, upper, spec, found, finish))
+    # the method's passes (its registry entry), in order; the expensive ones of a method that
+    # also has cheap ones (best) run, with labels, only where the cheap ones do not verify
+    names = BOUND_METHODS[method].passes
+    cheap = [name for name in names if name not in _EXPENSIVE]
+    costly = [name for name in names if name in _EXPENSIVE]
+    passes = _passes(network, ibp, lower, upper, spec)
+    found = _run(passes, cheap)
+    if cheap and costly and labels is not None and not exhaustive:
+        found.append(_optimized_unverified(network, ibp, lower, upper, spec, found, finish, costly))
+    else:
+        found += _run(passes, costly)
     lb = _maximum(found)
     if len(found) > 1 and lb.requires_grad:
         # the value is the maximum; its gradient comes from the last (most expressive) method
