@@ -184,15 +184,15 @@ def compute_bounds(
             verified (for these input bounds) when all are ``> 0``. Without labels the
             result is ``(lb, ub)``, each ``[B, C]``, bounds on the output rates.
         method: one of :data:`METHODS`.
-        exhaustive: only for ``best`` with labels: run the optimised S-CROWN on every
+        exhaustive: only for ``best`` / ``best-full`` with labels: run the optimised S-CROWN on every
             sample (the tightest margins everywhere) instead of the early exit below.
 
-    **``best`` with early exit.** ``best`` is the maximum over the methods, and the
-    optimised S-CROWN costs ``iterations`` (20) S-CROWN passes, ``crown-full`` two
-    backward rows per unstable membrane of the later layers. With labels and
+    **``best`` with early exit.** ``best`` is the maximum over the methods (``best-full``
+    with ``crown-full`` too), and the optimised S-CROWN costs ``iterations`` (20) S-CROWN
+    passes, ``crown-full`` two backward rows per unstable membrane of the later layers. With labels and
     ``exhaustive=False`` the cheap methods (``ibp``, ``crown-ibp``, ``crown-ibp-adaptive``)
     run first on the whole batch; a sample whose cheap margins (rounded as below) are all
-    ``> 0`` is verified already, and ``crown-full`` and the optimised S-CROWN run only on
+    ``> 0`` is verified already, and the optimised S-CROWN (and ``crown-full``) run only on
     the others
     (its Adam weights are per sample). A maximum of sound bounds that is ``> 0`` stays
     ``> 0`` when more bounds join it, so the verified set is the exhaustive one's and

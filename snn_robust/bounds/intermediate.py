@@ -40,8 +40,8 @@ one than the residues measured).
 
 **Cost.** ``2 R`` backward rows per layer and sample against ``C - 1`` for the margins:
 at eps where many neurons are unstable this is hundreds of S-CROWN passes, so
-``crown-full`` is a certification method (``best`` runs it only on samples the cheaper
-methods leave unverified), not a training loss.
+``crown-full`` is a certification method, not a training loss; ``best`` leaves it out
+(``best-full`` runs it only on samples the cheaper methods leave unverified).
 """
 from __future__ import annotations
 
