@@ -177,9 +177,8 @@ def check_ball_certificate(ball: dict, recipe, profile: dict, n_test: int) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_runs_end_to_end_in_smoke_profile(smoke_runs, name):
-    out, results, seconds = smoke_runs[name]
-    # under 2 minutes alone; the shared 2-core machine can be several times slower
-    assert seconds < 240, f"smoke profile of {name} took {seconds:.0f} s"
+    # no wall-time assertion here (timings belong in benchmarks/; CI's own limit catches a slow profile)
+    out, results, _seconds = smoke_runs[name]
     on_disk = json.loads((out / "results.json").read_text())
     check_results_schema(on_disk)
     assert on_disk["config"] == json.loads((out / "config.json").read_text())["config"]

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from snn_robust import LIF, DigitalLinf, DirectLinf, SpikeL0, SpikingNetwork, bound_logits, certified_loss, compute_bounds
+from snn_robust.coding import SpikeFrames
 from snn_robust.schedules import EpsSchedule
 from snn_robust.training import (
     CheckpointError,
@@ -244,6 +245,27 @@ def test_natural_step_on_spike_input_lowers_clean_loss():
     out = [step(net, opt, x, y) for _ in range(15)]
     assert out[-1]["clean_loss"] < out[0]["clean_loss"]
     assert "bound_loss" not in out[0]
+
+
+def test_natural_step_takes_a_coding_object_as_its_perturbation_sets_coding():
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(5, 16, 1, 4, 4, generator=g) < 0.4).float()
+    y = torch.randint(0, OUT, (16,), generator=g)
+    results = []
+    for coding in (SpikeL0(0.0), SpikeFrames(5)):
+        torch.manual_seed(0)
+        net = tiny_net()
+        step = TrainingStep(coding, steps=5, clean_loss=CleanLoss("ce", 5.0))
+        assert step.coding == SpikeFrames(5) and step.steps == 5
+        opt = torch.optim.Adam(net.parameters(), lr=0.02)
+        results.append([step(net, opt, x, y)["clean_loss"] for _ in range(3)])
+    assert results[0] == results[1]
+    with pytest.raises(ValueError, match="contradicts the coding's own steps"):
+        TrainingStep(SpikeFrames(5), steps=4)
+    with pytest.raises(TypeError, match="coding object"):
+        TrainingStep("rate")
+    with pytest.raises(TypeError, match="robust run needs a perturbation set"):
+        fit(tiny_net(), TensorDataset(x.transpose(0, 1), y), SpikeFrames(5), TrainConfig.quick_robust(0.1))
 
 
 # --------------------------------------------------------------------------------------------

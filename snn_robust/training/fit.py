@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
+from ..coding import Coding
 from ..fileio import atomic_write_text
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
@@ -61,7 +62,7 @@ class FitResult:
 def fit(
     net: SpikingNetwork,
     dataset: Dataset,
-    perturbation: Perturbation,
+    perturbation: Perturbation | Coding,
     config: TrainConfig,
     *,
     run_dir: str | os.PathLike[str] | None = None,
@@ -87,7 +88,9 @@ def fit(
             dataset are outside the resumable state.
         perturbation: the input coding and (robust) kind of perturbation set; the run trains
             against ``config.training_set(perturbation)``, this kind at radius ``config.eps``
-            (ramped by the schedule), so its own eps must be 0 or ``config.eps``.
+            (ramped by the schedule), so its own eps must be 0 or ``config.eps``. Natural
+            training needs only the coding: a coding object (``RateCoding(config.steps)``,
+            ``SpikeFrames(config.steps)``, ``DirectCoding(config.steps)``) does too.
         config: see :class:`TrainConfig`.
         run_dir: writes ``config.json`` (config and versions), ``metrics.csv`` /
             ``metrics.jsonl`` (one row per epoch) and, with ``log_every``, ``steps.csv`` /
@@ -140,7 +143,12 @@ def fit(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if isinstance(dataset, DataLoader):
         raise TypeError("fit takes the dataset, not a DataLoader: it draws its own resumable batch order (pass loader.dataset)")
-    perturbation = config.training_set(perturbation)  # the radius comes from the config alone
+    if isinstance(perturbation, Coding):
+        if config.robust:
+            raise TypeError(f"a robust run needs a perturbation set (DigitalLinf, SpikeL0, DirectLinf), got the coding "
+                            f"{perturbation!r}; a coding object is enough for natural training only")
+    else:
+        perturbation = config.training_set(perturbation)  # the radius comes from the config alone
     for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every), ("max_steps", max_steps)):
         if value is not None:
             check_positive_int(name, value)

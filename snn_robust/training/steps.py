@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..bounds.api import Method
+from ..coding import Coding
 from ..loss import certified_loss
 from ..names import check_method
 from ..network import SpikingNetwork
@@ -82,10 +83,13 @@ class TrainingStep:
     optimizer step.
 
     Args:
-        coding: the input coding, given as a perturbation set (its ``encode`` is used:
-            Bernoulli for ``DigitalLinf``, the first frames for ``SpikeL0``, repetition for
-            ``DirectLinf``); its eps does not matter here.
-        steps: T, the number of coding steps of the clean forward pass (paper: 10).
+        coding: the input coding: a coding object (:mod:`snn_robust.coding`: ``RateCoding(T)``,
+            ``SpikeFrames(T)``, ``DirectCoding(T)``), or a perturbation set, which stands for
+            its own coding (``perturbation.coding(steps)``: Bernoulli for ``DigitalLinf``, the
+            first frames for ``SpikeL0``, repetition for ``DirectLinf``; its eps does not
+            matter here, and its input checks, e.g. images in ``[0, 1]``, run on every batch).
+        steps: T, the number of coding steps of the clean forward pass (paper: 10); with a
+            coding object it is the object's own (``None``, or the same number).
         clean_loss: see :class:`CleanLoss`.
         clip_norm: clip the gradient's global 2-norm to this value (``None``: no clipping).
         generator: random source of the coding (``None``: torch's global RNG). Its state
@@ -104,19 +108,29 @@ class TrainingStep:
 
     def __init__(
         self,
-        coding: Perturbation,
+        coding: Coding | Perturbation,
         *,
-        steps: int = 10,
+        steps: int | None = None,
         clean_loss: CleanLoss = CleanLoss(),
         clip_norm: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        if not isinstance(coding, Perturbation):
-            raise TypeError(f"coding must be a Perturbation (DigitalLinf, SpikeL0, DirectLinf), got {type(coding).__name__}")
+        if isinstance(coding, Perturbation):
+            self.steps = check_positive_int("steps", 10 if steps is None else steps)
+            # the set's own encode: the same draws as its coding's, after the set's input checks
+            self._checked_input: Perturbation | None = coding
+            self.coding: Coding = coding.coding(self.steps)
+        elif isinstance(coding, Coding):
+            if steps is not None and steps != coding.steps:
+                raise ValueError(f"steps={steps} contradicts the coding's own steps ({coding!r}); leave steps out")
+            self.steps = coding.steps
+            self._checked_input = None
+            self.coding = coding
+        else:
+            raise TypeError("coding must be a coding object (RateCoding, SpikeFrames, DirectCoding) or a "
+                            f"perturbation set (DigitalLinf, SpikeL0, DirectLinf), got {type(coding).__name__}")
         if not isinstance(clean_loss, CleanLoss):
             raise TypeError(f"clean_loss must be a CleanLoss, got {type(clean_loss).__name__}")
-        self.coding = coding
-        self.steps = check_positive_int("steps", steps)
         self.clean_loss = clean_loss
         self.clip_norm = _check_clip(clip_norm)
         self.generator = generator
@@ -124,7 +138,11 @@ class TrainingStep:
 
     def compute_loss(self, net: SpikingNetwork, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor | float]]:
         """The loss to minimise and detached metric tensors (no backward, no step)."""
-        rates = net(self.coding.encode(x, self.steps, self.generator))
+        if self._checked_input is not None:
+            inputs = self._checked_input.encode(x, self.steps, self.generator)
+        else:
+            inputs = self.coding.encode(x, self.generator)
+        rates = net(inputs)
         clean = self.clean_loss(rates, labels)
         acc = (rates.argmax(1) == labels).float().mean()
         return clean, {"clean_loss": clean.detach(), "clean_acc": acc}
