@@ -106,9 +106,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # T' of the training bound pass (certificates still measured at T' = 3, and at the training T')
     "tp1": dict(bound_steps=1),
     "tp5": dict(bound_steps=5),
+    "tp8": dict(bound_steps=8),
     # from scratch (SCRATCH_KEYS): re-initialise, natural warm-up, then the same robust phase
     "scratch-ibp": dict(init="ibp", warmup_natural_epochs=1),
     "scratch-default": dict(init="default", warmup_natural_epochs=1),
+    "scratch-ibp-tp5": dict(init="ibp", warmup_natural_epochs=1, bound_steps=5),
 }
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
