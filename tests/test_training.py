@@ -264,6 +264,8 @@ def test_natural_step_takes_a_coding_object_as_its_perturbation_sets_coding():
         TrainingStep(SpikeFrames(5), steps=4)
     with pytest.raises(TypeError, match="coding object"):
         TrainingStep("rate")
+    with pytest.raises(TypeError, match="perturbation must be a Perturbation"):
+        RobustTrainingStep(SpikeFrames(5), 0.1)
     with pytest.raises(TypeError, match="robust run needs a perturbation set"):
         fit(tiny_net(), TensorDataset(x.transpose(0, 1), y), SpikeFrames(5), TrainConfig.quick_robust(0.1))
 

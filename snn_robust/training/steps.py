@@ -117,14 +117,14 @@ class TrainingStep:
     ) -> None:
         if isinstance(coding, Perturbation):
             self.steps = check_positive_int("steps", 10 if steps is None else steps)
-            # the set's own encode: the same draws as its coding's, after the set's input checks
-            self._checked_input: Perturbation | None = coding
+            # encoded through the set: the same draws as its coding's, after the set's input checks
+            self.perturbation: Perturbation | None = coding
             self.coding: Coding = coding.coding(self.steps)
         elif isinstance(coding, Coding):
             if steps is not None and steps != coding.steps:
                 raise ValueError(f"steps={steps} contradicts the coding's own steps ({coding!r}); leave steps out")
             self.steps = coding.steps
-            self._checked_input = None
+            self.perturbation = None
             self.coding = coding
         else:
             raise TypeError("coding must be a coding object (RateCoding, SpikeFrames, DirectCoding) or a "
@@ -138,8 +138,8 @@ class TrainingStep:
 
     def compute_loss(self, net: SpikingNetwork, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor | float]]:
         """The loss to minimise and detached metric tensors (no backward, no step)."""
-        if self._checked_input is not None:
-            inputs = self._checked_input.encode(x, self.steps, self.generator)
+        if self.perturbation is not None:
+            inputs = self.perturbation.encode(x, self.steps, self.generator)
         else:
             inputs = self.coding.encode(x, self.generator)
         rates = net(inputs)
@@ -246,11 +246,12 @@ class RobustTrainingStep(TrainingStep):
         clean_weight_start: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
+        if not isinstance(perturbation, Perturbation):  # a bare coding has no bounds to train against
+            raise TypeError(f"perturbation must be a Perturbation (DigitalLinf, SpikeL0, DirectLinf), got {type(perturbation).__name__}")
         super().__init__(perturbation, steps=steps, clean_loss=clean_loss, clip_norm=clip_norm, generator=generator)
         if not isinstance(eps_schedule, EpsSchedule):
             eps_schedule = EpsSchedule(float(eps_schedule), ramp_steps=0)
         check_method(method)
-        self.perturbation = perturbation
         self.eps_schedule = eps_schedule
         self.bound_steps = check_positive_int("bound_steps", bound_steps)
         self.method = method
