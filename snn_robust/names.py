@@ -14,7 +14,7 @@ from .datasets import SPECS
 __all__ = ["BOUND_METHODS", "BoundMethod", "DATASETS", "METHODS", "Method", "check_method"]
 
 Method = Literal[
-    "ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "crown-full", "best",
+    "ibp", "crown-ibp", "crown-ibp-paper", "crown-ibp-adaptive", "crown-ibp-optimized", "crown-full", "milp", "best",
     "best-full",
 ]
 """The bound methods' names as a type (for annotations); :data:`BOUND_METHODS` describes them
@@ -29,7 +29,7 @@ class BoundMethod:
     (each pass is sound, so the maximum is) is the method's bound; the passes themselves are
     functions of :mod:`snn_robust.bounds.api` (``_passes``): ``ibp`` (S-IBP), ``crown``
     (S-CROWN concretised at every layer), ``crown-paper``, ``crown-adaptive``, ``crown-full``,
-    ``crown-optimized``. ``training``: whether its bound is meant for certified training
+    ``crown-optimized``, ``milp`` (last, on the rows the others leave unverified). ``training``: whether its bound is meant for certified training
     (cheap enough, and differentiable in a useful way), as opposed to certification only."""
 
     name: str
@@ -65,18 +65,26 @@ _REGISTRY = (
         "(:mod:`snn_robust.bounds.intermediate`; for certification: many more backward rows).", ("crown-full",),
         training=False),
     BoundMethod(
-        "best", "the elementwise maximum of the methods up to crown-ibp-optimized (certification)",
+        "milp", "crown-ibp, then an exact MILP on the margins it leaves unverified (certification)",
+        "``crown-ibp``, then, with labels, a mixed-integer encoding of the network (exact up to a "
+        "floating-point band) solved with HiGHS per margin row that ``crown-ibp`` leaves unverified "
+        "(:mod:`snn_robust.bounds.milp`; per-sample time limit and binary cap from ``milp_limits``). "
+        "Networks it does not encode (BatchNorm, max pooling, rate readouts) and rate bounds get "
+        "``crown-ibp``'s bound.", ("ibp", "crown", "milp"), training=False),
+    BoundMethod(
+        "best", "the maximum of the methods up to crown-ibp-optimized, then the MILP (certification)",
         "The elementwise maximum of ``ibp``, ``crown-ibp``, ``crown-ibp-adaptive`` and "
         "``crown-ibp-optimized`` (each is sound, so their maximum is); with labels, the optimised one runs "
-        "only on samples the cheap ones leave unverified. ``crown-full`` is left out: it costs 20-130x "
+        "only on samples the cheap ones leave unverified, and the MILP (``milp``) last, on the rows still "
+        "unverified. ``crown-full`` is left out: it costs 20-130x "
         "``crown-ibp`` and up to minutes per CONV sample where most neurons are unstable "
         "(docs/tightness.md); ``best-full`` adds it.",
-        ("ibp", "crown", "crown-adaptive", "crown-optimized"), training=False),
+        ("ibp", "crown", "crown-adaptive", "crown-optimized", "milp"), training=False),
     BoundMethod(
         "best-full", "best plus crown-full (certification; slow where many neurons are unstable)",
         "The elementwise maximum of all the methods, ``crown-full`` included; with labels, the expensive "
-        "ones run only on samples the cheap ones leave unverified.",
-        ("ibp", "crown", "crown-adaptive", "crown-full", "crown-optimized"), training=False),
+        "ones run only on samples the cheap ones leave unverified, the MILP last.",
+        ("ibp", "crown", "crown-adaptive", "crown-full", "crown-optimized", "milp"), training=False),
 )
 
 BOUND_METHODS: dict[str, BoundMethod] = {m.name: m for m in _REGISTRY}
@@ -85,7 +93,7 @@ BOUND_METHODS: dict[str, BoundMethod] = {m.name: m for m in _REGISTRY}
 METHODS: tuple[str, ...] = tuple(BOUND_METHODS)
 """The bound methods' names (:data:`BOUND_METHODS`): ``ibp``, ``crown-ibp`` (the default),
 ``crown-ibp-paper``, ``crown-ibp-adaptive``, ``crown-ibp-optimized``, ``crown-full``,
-``best``, ``best-full``."""
+``milp``, ``best``, ``best-full``."""
 
 def check_method(method: Any, what: str = "method") -> str:
     """``method`` if it names a bound method; otherwise a ``ValueError`` naming ``what`` and

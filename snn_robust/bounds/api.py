@@ -16,6 +16,7 @@ from .crown import s_crown, s_crown_optimized
 from .graph import readout_matrix
 from .ibp import IBPResult, s_ibp
 from .intermediate import full_intervals
+from .milp import milp_supported, milp_verify
 from .rounding import grid_tolerance, round_to_grid
 
 __all__ = ["compute_bounds", "margin_spec", "METHODS"]
@@ -65,11 +66,29 @@ def _passes(
         "crown-adaptive": lambda: [s_crown(network, ibp, lower, upper, spec, adaptive=True)],
         "crown-full": lambda: _full(network, lower, upper, spec),
         "crown-optimized": lambda: [s_crown_optimized(network, ibp, lower, upper, spec)],
+        "milp": lambda: [_milp(network, ibp, lower, upper, spec, None)],
     }
+
+
+def _milp(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, spec: Tensor,
+          prior: Tensor | None) -> Tensor:
+    """The MILP stage's bounds ``[B, S]`` (:mod:`~snn_robust.bounds.milp`) on the rows
+    ``prior`` (the other passes' bounds, on the grid) leaves at ``<= 0``; ``prior`` itself
+    where the encoding does not apply (:func:`~snn_robust.bounds.milp.milp_supported`), where
+    the sample is over the binary cap or its time runs out. No gradient."""
+    if prior is None:
+        prior = torch.full(spec.shape[:2], -float(lower.shape[0]), dtype=lower.dtype, device=lower.device)
+    if milp_supported(network) is not None:
+        return prior.detach()
+    with torch.no_grad():
+        found = milp_verify(network, lower, upper, spec, prior=prior, ibp=ibp)
+    return found.lower.to(device=prior.device, dtype=prior.dtype)
 
 
 #: Passes that ``best``'s early exit runs only on the samples the other passes leave unverified.
 _EXPENSIVE = ("crown-full", "crown-optimized")
+#: The pass that runs last, with labels, on the rows all the others leave unverified.
+_FINAL = "milp"
 
 
 def _run(passes: dict[str, Callable[[], list[Tensor]]], names: list[str]) -> list[Tensor]:
@@ -280,6 +299,8 @@ def compute_bounds(
     # the method's passes (its registry entry), in order; the expensive ones of a method that
     # also has cheap ones (best) run, with labels, only where the cheap ones do not verify
     names = BOUND_METHODS[method].passes
+    final = _FINAL in names and labels is not None and readout is None
+    names = tuple(name for name in names if name != _FINAL)
     cheap = [name for name in names if name not in _EXPENSIVE]
     costly = [name for name in names if name in _EXPENSIVE]
     passes = _passes(network, ibp, lower, upper, spec)
@@ -298,6 +319,9 @@ def compute_bounds(
         for other in found[1:]:
             source = torch.where(other >= lb - tol, other, source)
         lb = source + (lb - source).detach()
+    if final:  # the MILP on the rows still unverified; its value, the gradient of the others
+        tight = _milp(network, ibp, lower, upper, spec, finish(lb.detach()))
+        lb = lb + (torch.maximum(lb.detach(), tight) - lb.detach())
     lb = finish(lb)
 
     if labels is not None:

@@ -1,0 +1,502 @@
+"""A complete verifier for small spiking networks: a mixed-integer encoding of the network
+over one sample's input box, solved per margin row with HiGHS (``scipy.optimize.milp``).
+
+Shape glossary: ``T'`` bound steps, ``B`` batch, ``S`` specification rows, ``N`` a layer's
+neurons (flattened), ``n_in`` its inputs (flattened).
+
+**What is encoded** (method.md section 1, for one sample; every neuron parameter per neuron):
+
+* inputs: elements with ``l == u`` are constants; the others are binaries for a spike input
+  (``input_coding="spike"``: digital coupled maps, spike l_0, event frames) and continuous
+  in ``[l, u]`` for a direct-coded first layer;
+* each stage's spatial part must be one affine layer (``Linear``, ``Conv2d`` or
+  ``AvgPool2d``) with ``Flatten`` before or after it: the rows of its matrix that the
+  encoding needs are read with the layer's exact transpose (:meth:`BoundOp.transpose`);
+  anything else (BatchNorm, max pooling, a rate readout, two affine layers in one stage) is
+  refused with a :class:`MILPUnsupportedError` naming the layer;
+* LIF layers, hard reset (``m_t = scale sp_t + alpha m_{t-1} (1 - s_{t-1})``) and soft reset
+  (``m_t = scale sp_t + alpha m_{t-1} - kappa th s_{t-1}``). A neuron that S-IBP proves stable
+  at every step is a constant spike train (no variables). The others get a membrane variable
+  for every step up to their last unstable one, in S-IBP's (rounding-widened) interval; a
+  step that S-IBP proves stable keeps its spike constant, an unstable one gets a binary
+  ``s`` with the big-M constraints ``s = 1 => m >= th - delta`` and ``s = 0 => m <= th +
+  delta``, and a hard reset's product ``z = m (1 - s)`` its exact big-M linearisation
+  (``z <= m - L s``, ``z >= m - U s``, ``z <= U (1 - s)``, ``z >= L (1 - s)`` for ``m`` in
+  ``[L, U]``);
+* row ``c`` (integer coefficients on the output neurons, e.g. ``e_y - e_j``) adds the
+  constraint ``count = sum_t c . s_t <= 0`` on the spike counts of the last LIF layer (an
+  integer); the row's margin is that count over ``T'``.
+
+**Floating point.** The encoding describes the *float* forward passes (ours, snnTorch's,
+SpikingJelly's, ``>`` or ``>=`` firing): every membrane equation holds up to a band
+``delta = 2 (scale E_sp + E_charge) + SLACK``, where ``E_sp`` is the any-order rounding bound
+of the layer's float output (:meth:`BoundOp.rounding_error` under the ``"any-order"`` error
+model, whatever the global model), ``E_charge`` the charge's (:func:`charge_error`), and the
+fire constraints let both ``s = 0`` and ``s = 1`` be feasible within ``delta`` of the
+threshold. So every float trajectory of an input in the box is a feasible point of the
+encoding, strictly inside its rows by at least :data:`SLACK`.
+
+**What is proved and what rests on the solver.** A row is verified when HiGHS reports the
+encoding plus the row ``count <= 0`` infeasible (a feasibility problem: the solver stops at
+its first point with ``count <= 0``, and pays for no optimality proof; the count is an integer,
+so infeasibility means ``count >= 1``, a margin of at least ``1 / T'``, which is the bound
+returned). HiGHS is a floating-point solver, not a proof checker: the certificate rests on
+its answer. :data:`SLACK` (``1e-5 max(1, th)``,
+100x HiGHS's primal feasibility tolerance of ``1e-7`` and above its integrality tolerance
+``1e-6`` times the big-M coefficients of these networks) keeps every real trajectory well
+inside the rows, so a tolerance-level error of the solver cannot cut it off. A time-out, a
+binary count above the cap or any other status leaves the row with the cheaper bound (never
+more than proved). When the solver finds a point with ``count <= 0``, its input is replayed
+through the network's own forward pass; if that forward also gives a margin ``<= 0``, the
+row is *falsified* (a real counterexample in the box), otherwise undecided.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import LinearConstraint, milp
+from scipy.sparse import coo_matrix
+from torch import Tensor
+
+from ..network import SpikingNetwork
+from .graph import BoundStage, bound_graph
+from .ibp import IBPResult, s_ibp
+from .rounding import charge_error, set_error_model, unit_roundoff
+from .spatial import BoundAvgPool2d, BoundConv2d, BoundFlatten, BoundLinear
+
+__all__ = ["MILPUnsupportedError", "MILPResult", "milp_verify", "milp_supported", "milp_limits", "SLACK"]
+
+SLACK = 1e-5
+"""Absolute slack (times ``max(1, th)``) added to every band (module docstring)."""
+
+_LIMITS = {"time_limit": 2.0, "max_binaries": 2000}
+
+
+@contextmanager
+def milp_limits(time_limit: float | None = None, max_binaries: int | None = None):
+    """Within the ``with`` block, :func:`~snn_robust.compute_bounds`'s ``milp`` stage (of
+    ``milp``, ``best`` and ``best-full``) uses these limits: seconds per sample (all its
+    rows together; default 2) and the largest number of binaries a sample's encoding may
+    have (default 2000; a sample above it keeps the cheaper bound)."""
+    previous = dict(_LIMITS)
+    if time_limit is not None:
+        if not time_limit > 0:
+            raise ValueError(f"milp time_limit must be > 0 seconds, got {time_limit!r}")
+        _LIMITS["time_limit"] = float(time_limit)
+    if max_binaries is not None:
+        if max_binaries < 0:
+            raise ValueError(f"milp max_binaries must be >= 0, got {max_binaries!r}")
+        _LIMITS["max_binaries"] = int(max_binaries)
+    try:
+        yield dict(_LIMITS)
+    finally:
+        _LIMITS.clear()
+        _LIMITS.update(previous)
+
+
+class MILPUnsupportedError(ValueError):
+    """The network has a layer (or a readout) the MILP encoding does not cover."""
+
+
+_AFFINE = (BoundLinear, BoundConv2d, BoundAvgPool2d)
+
+
+def _affine_index(stage: BoundStage) -> int:
+    """The index of the stage's one affine operator; refuses anything else by name."""
+    found = None
+    for i, op in enumerate(stage.ops):
+        if isinstance(op, BoundFlatten):
+            continue
+        if not isinstance(op, _AFFINE):
+            raise MILPUnsupportedError(
+                f"milp: layer {op.name} ({type(op.module).__name__}) has no MILP encoding (supported: Linear, Conv2d, "
+                "AvgPool2d, Flatten); use method='best' (it skips the MILP stage for such networks) or 'crown-full'"
+            )
+        if found is not None:
+            raise MILPUnsupportedError(
+                f"milp: stage {stage.name} has two affine layers ({stage.ops[found].name}, {op.name}) in front of its "
+                "LIF layer; the MILP encoding takes one per stage"
+            )
+        found = i
+    if found is None:
+        raise MILPUnsupportedError(f"milp: stage {stage.name} has no Linear / Conv2d / AvgPool2d layer")
+    return found
+
+
+def milp_supported(network: SpikingNetwork) -> str | None:
+    """``None`` if :func:`milp_verify` can encode ``network``, else the reason."""
+    if network.readout is not None:
+        return "milp: networks with a rate readout (class scores W rate + b) have no MILP encoding; use method='best'"
+    try:
+        for stage in bound_graph(network):
+            _affine_index(stage)
+    except MILPUnsupportedError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class MILPResult:
+    """:func:`milp_verify`'s answer for ``B`` samples and ``S`` rows.
+
+    ``lower``: ``[B, S]`` margin lower bounds (count / ``T'`` where the MILP proved one, else
+    the ``prior`` bound); ``status``: ``[B][S]`` strings, ``"verified"``, ``"falsified"``,
+    ``"undecided"`` (time-out or a spurious point), ``"skipped"`` (over the binary cap, or the
+    sample's time was spent / a row already failed) or ``"prior"`` (verified by the prior
+    bound, not solved); ``counterexamples``: ``{(b, s): input [T', *input_shape]}`` for the
+    falsified rows; ``seconds``: time per sample; ``binaries``: binaries per sample."""
+
+    lower: Tensor
+    status: list[list[str]]
+    counterexamples: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    binaries: list[int] = field(default_factory=list)
+
+    def verified(self) -> Tensor:
+        """``[B]`` bool: every row verified (by the MILP or the prior bound)."""
+        return torch.tensor([all(s in ("verified", "prior") for s in row) for row in self.status], dtype=torch.bool)
+
+    def falsified(self) -> Tensor:
+        """``[B]`` bool: some row has a real counterexample."""
+        return torch.tensor([any(s == "falsified" for s in row) for row in self.status], dtype=torch.bool)
+
+
+class _Model:
+    """The growing MILP of one sample: variables (bounds, integrality) and sparse rows."""
+
+    def __init__(self) -> None:
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+        self.integer: list[int] = []
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.row_lo: list[float] = []
+        self.row_hi: list[float] = []
+        self.tags: list[tuple] = []  # what each variable stands for: ("x", t, i) or ("m" | "s" | "z", k, t, n)
+
+    def var(self, lo: float, hi: float, integer: bool = False, tag: tuple = ()) -> int:
+        self.tags.append(tag)
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.integer.append(int(integer))
+        return len(self.lo) - 1
+
+    def row(self, cols, vals, lo: float, hi: float) -> None:
+        r = len(self.row_lo)
+        cols = np.asarray(cols, dtype=np.int64)
+        self.rows.append(np.full(len(cols), r, dtype=np.int64))
+        self.cols.append(cols)
+        self.vals.append(np.asarray(vals, dtype=np.float64))
+        self.row_lo.append(lo)
+        self.row_hi.append(hi)
+
+    @property
+    def binaries(self) -> int:
+        return sum(self.integer)
+
+    def constraint(self, extra_cols=None, extra_vals=None, extra_hi: float = math.inf) -> LinearConstraint:
+        rows, cols, vals = list(self.rows), list(self.cols), list(self.vals)
+        lo, hi = list(self.row_lo), list(self.row_hi)
+        if extra_cols is not None:
+            rows.append(np.full(len(extra_cols), len(lo), dtype=np.int64))
+            cols.append(np.asarray(extra_cols, dtype=np.int64))
+            vals.append(np.asarray(extra_vals, dtype=np.float64))
+            lo.append(-math.inf)
+            hi.append(extra_hi)
+        n = len(self.lo)
+        A = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(lo), n))
+        return LinearConstraint(A.tocsr(), np.array(lo), np.array(hi))
+
+
+class _Layer:
+    """The spikes of one layer for one sample, step by step: constants ``const[t]``
+    (``[N]`` float64, 0 where a variable stands) and variables ``(index, var)`` pairs."""
+
+    def __init__(self, const: np.ndarray, var_idx: list[np.ndarray], var_ids: list[np.ndarray]) -> None:
+        self.const = const  # [T, N]
+        self.var_idx = var_idx  # per t: positions with a variable
+        self.var_ids = var_ids  # per t: the variables' ids
+
+
+def _per_neuron(value: Tensor, N: int) -> np.ndarray:
+    v = value.detach().double().cpu().reshape(-1)
+    return np.broadcast_to(v.numpy(), (N,)) if v.numel() == 1 else v.numpy()
+
+
+def _rows_of(op, rows: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...], like: Tensor) -> np.ndarray:
+    """The rows ``rows`` of the affine operator's matrix (flat output index -> flat input
+    index), ``[R, n_in]``, read with its exact transpose in chunks."""
+    out = []
+    n_out = math.prod(out_shape)
+    for start in range(0, len(rows), 256):
+        chunk = torch.as_tensor(rows[start:start + 256])
+        A = like.new_zeros(len(chunk), n_out)
+        A[torch.arange(len(chunk)), chunk] = 1
+        with torch.no_grad():
+            W = op.transpose(A.reshape(len(chunk), *out_shape), in_shape)
+        out.append(W.reshape(len(chunk), -1).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, math.prod(in_shape)))
+
+
+def _encode(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, b: int,
+            max_binaries: int) -> tuple[_Model, _Layer, _Layer] | None:
+    """The MILP of sample ``b``: the model, the input layer's variables and the output
+    layer's spikes; ``None`` if it would have more than ``max_binaries`` binaries."""
+    model = _Model()
+    T = lower.shape[0]
+    lo = lower[:, b].reshape(T, -1).double().cpu().numpy()
+    hi = upper[:, b].reshape(T, -1).double().cpu().numpy()
+    spike_input = network.input_coding == "spike"
+    # a cheap count first, so a sample far over the cap costs nothing more
+    binaries = int((lo != hi).sum()) if spike_input else 0
+    for st in ibp.stability:
+        unstable = st.unstable[:, b].reshape(T, -1)
+        binaries += int(unstable.sum())
+    if binaries > max_binaries:
+        return None
+    const = np.where(lo == hi, lo, 0.0)
+    var_idx, var_ids = [], []
+    for t in range(T):
+        idx = np.nonzero(lo[t] != hi[t])[0]
+        ids = np.array([model.var(0.0 if spike_input else lo[t, i], 1.0 if spike_input else hi[t, i], spike_input,
+                                  ("x", t, int(i))) for i in idx], dtype=np.int64)
+        var_idx.append(idx)
+        var_ids.append(ids)
+    layer = inputs = _Layer(const, var_idx, var_ids)
+    for k, stage in enumerate(bound_graph(network)):
+        layer = _encode_stage(model, stage, k, ibp, b, layer, T)
+        if model.binaries > max_binaries:
+            return None
+    return model, inputs, layer
+
+
+def _encode_stage(model: _Model, stage: BoundStage, k: int, ibp: IBPResult, b: int, x: _Layer, T: int) -> _Layer:
+    i = _affine_index(stage)
+    op = stage.ops[i]
+    l_in, u_in = ibp.op_inputs[k][i]  # [T * B, X...]
+    B = l_in.shape[0] // T
+    in_shape = tuple(l_in.shape[1:])
+    ml_t, mu_t = (m.detach()[:, b].reshape(T, -1) for m in ibp.membrane[k])
+    st = ibp.stability[k]
+    unstable = st.unstable[:, b].reshape(T, -1).cpu().numpy()
+    fires = st.fires[:, b].reshape(T, -1).cpu().numpy()
+    ml, mu = ml_t.double().cpu().numpy(), mu_t.double().cpu().numpy()
+    N = ml.shape[1]
+    lif = stage.neuron.lif
+    alpha, th = _per_neuron(lif.alpha, N), _per_neuron(lif.threshold, N)
+    scale, kappa = _per_neuron(lif.input_scale, N), _per_neuron(lif.kappa, N)
+    hard = stage.neuron.reset.name == "zero"
+
+    spikes = fires.astype(np.float64)  # constants; 0 where a variable stands (unstable)
+    spikes[unstable] = 0.0
+    any_unstable = unstable.any(0)
+    V = np.nonzero(any_unstable)[0]
+    out_idx: list[list[int]] = [[] for _ in range(T)]
+    out_ids: list[list[int]] = [[] for _ in range(T)]
+    if len(V) == 0:
+        return _Layer(spikes, [np.array(o, dtype=np.int64) for o in out_idx], [np.array(o, dtype=np.int64) for o in out_ids])
+    last = np.array([np.nonzero(unstable[:, n])[0].max() for n in V])
+
+    # the layer's rows for the neurons with variables, and their constant inputs' share
+    sample = slice(b, None, B)  # this sample's rows of the folded [T * B] inputs, in step order
+    with torch.no_grad():
+        W = _rows_of(op, V, in_shape, _op_out_shape(op, l_in[:1]), l_in)
+        bias = op.module(l_in[:1] * 0).reshape(-1).double().cpu().numpy()[V]
+        # the band: any-order rounding of the layer's float output, and the charge's
+        previous = set_error_model("any-order")
+        try:
+            e_sp = op.rounding_error(l_in[sample], u_in[sample]).reshape(T, -1).double().cpu().numpy()[:, V]
+        finally:
+            set_error_model(previous)
+        x_abs = torch.maximum(l_in[sample].abs(), u_in[sample].abs())
+        sp_abs = (op.abs_linear(x_abs) + op.abs_bias(op.abs_linear(x_abs))).reshape(T, -1).double().cpu().numpy()[:, V]
+    u = unit_roundoff(l_in.dtype)
+    offset = 0.0 if hard else th[V]
+    v_abs = np.zeros(len(V))
+    mlV, muV = ml[:, V], mu[:, V]
+    slack = SLACK * np.maximum(1.0, th[V])
+    thV, aV, sV, kV = th[V], alpha[V], scale[V], kappa[V]
+    m_ids = np.full((T, len(V)), -1, dtype=np.int64)
+    s_ids = np.full((T, len(V)), -1, dtype=np.int64)
+    z_ids = np.full((T, len(V)), -1, dtype=np.int64)
+    for t in range(T):
+        e_charge = charge_error(torch.from_numpy(sp_abs[t] * (1 + 1e-3)), torch.from_numpy(v_abs),
+                                torch.from_numpy(aV.copy()), torch.from_numpy(sV.copy()), u).numpy()
+        band = 2 * (sV * e_sp[t] + e_charge) + slack
+        v_abs = np.maximum(np.abs(mlV[t]), np.abs(muV[t])) + offset
+        live = np.nonzero(last >= t)[0]
+        const_sp = W[live] @ x.const[t] + bias[live]
+        cols_in = x.var_ids[t]
+        W_var = W[live][:, x.var_idx[t]] if len(cols_in) else None
+        for j, n in enumerate(live):
+            L, U = mlV[t, n] - slack[n], muV[t, n] + slack[n]
+            m = model.var(L, U, tag=("m", k, t, int(V[n])))
+            m_ids[t, n] = m
+            cols, vals = [m], [1.0]
+            if W_var is not None:
+                keep = W_var[j] != 0
+                cols += list(cols_in[keep])
+                vals += list(-sV[n] * W_var[j][keep])
+            rhs = sV[n] * const_sp[j]
+            if t > 0:
+                prev_fires = fires[t - 1, V[n]] and not unstable[t - 1, V[n]]
+                if hard:
+                    if unstable[t - 1, V[n]]:
+                        cols.append(z_ids[t - 1, n])
+                        vals.append(-aV[n])
+                    elif not prev_fires:
+                        cols.append(m_ids[t - 1, n])
+                        vals.append(-aV[n])
+                else:
+                    cols.append(m_ids[t - 1, n])
+                    vals.append(-aV[n])
+                    if unstable[t - 1, V[n]]:
+                        cols.append(s_ids[t - 1, n])
+                        vals.append(kV[n] * thV[n])
+                    elif prev_fires:
+                        rhs -= kV[n] * thV[n]
+            model.row(cols, vals, rhs - band[n], rhs + band[n])
+            if unstable[t, V[n]]:
+                s = model.var(0.0, 1.0, True, ("s", k, t, int(V[n])))
+                s_ids[t, n] = s
+                lo_th, hi_th = thV[n] - slack[n], thV[n] + slack[n]
+                # s = 1 => m >= th - delta;  s = 0 => m <= th + delta
+                model.row([m, s], [1.0, -(lo_th - L)], L, math.inf)
+                model.row([m, s], [1.0, -(U - hi_th)], -math.inf, hi_th)
+                out_idx[t].append(int(V[n]))
+                out_ids[t].append(s)
+                if hard and t < last[n]:  # z = m (1 - s), exactly, for m in [L, U]
+                    z = model.var(min(0.0, L), max(0.0, U), tag=("z", k, t, int(V[n])))
+                    z_ids[t, n] = z
+                    model.row([z, m, s], [1.0, -1.0, L], -math.inf, 0.0)
+                    model.row([z, m, s], [1.0, -1.0, U], 0.0, math.inf)
+                    model.row([z, s], [1.0, U], -math.inf, U)
+                    model.row([z, s], [1.0, L], L, math.inf)
+    return _Layer(spikes, [np.array(o, dtype=np.int64) for o in out_idx], [np.array(o, dtype=np.int64) for o in out_ids])
+
+
+def _op_out_shape(op, x: Tensor) -> tuple[int, ...]:
+    with torch.no_grad():
+        return tuple(op.module(x).shape[1:])
+
+
+def _replay(network: SpikingNetwork, lower: Tensor, upper: Tensor, b: int, inputs: _Layer, solution: np.ndarray) -> Tensor:
+    """The input ``[T', *input_shape]`` of a solver point (its input variables, rounded to
+    the box's binaries for a spike input, clipped to the box for a direct one)."""
+    T = lower.shape[0]
+    x = lower[:, b].reshape(T, -1).clone()
+    hi = upper[:, b].reshape(T, -1)
+    for t in range(T):
+        if len(inputs.var_idx[t]) == 0:
+            continue
+        idx = torch.as_tensor(inputs.var_idx[t])
+        val = torch.as_tensor(solution[inputs.var_ids[t]], dtype=x.dtype)
+        if network.input_coding == "spike":
+            val = (val > 0.5).to(x.dtype)
+        x[t, idx] = torch.minimum(torch.maximum(val, x[t, idx]), hi[t, idx])
+    return x.reshape(lower[:, b].shape)
+
+
+def milp_verify(
+    network: SpikingNetwork,
+    lower: Tensor,
+    upper: Tensor,
+    spec: Tensor,
+    prior: Tensor | None = None,
+    ibp: IBPResult | None = None,
+    time_limit: float | None = None,
+    max_binaries: int | None = None,
+    stop_early: bool = True,
+) -> MILPResult:
+    """The MILP verifier (module docstring) on ``spec`` rows ``[B, S, C]`` (integer
+    coefficients on the output spike counts, e.g. :func:`~snn_robust.bounds.api.margin_spec`)
+    over the input box ``[lower, upper]`` (``[T', B, ...]``, already validated).
+
+    ``prior`` (``[B, S]``): sound lower bounds from cheaper methods (rounded to the grid);
+    rows with ``prior > 0`` are not solved, and every returned bound is at least ``prior``.
+    ``time_limit``: seconds per sample for all its rows (default :func:`milp_limits`'s);
+    ``max_binaries``: larger encodings are skipped. ``stop_early``: stop a sample at its first
+    row the MILP does not verify (the sample cannot be verified then; the remaining rows keep
+    ``prior`` and the status ``"skipped"``), hardest rows (lowest ``prior``) first.
+
+    Raises :class:`MILPUnsupportedError` (a ``ValueError``) naming the layer for networks the
+    encoding does not cover (:func:`milp_supported`)."""
+    reason = milp_supported(network)
+    if reason is not None:
+        raise MILPUnsupportedError(reason)
+    time_limit = _LIMITS["time_limit"] if time_limit is None else time_limit
+    max_binaries = _LIMITS["max_binaries"] if max_binaries is None else max_binaries
+    T, B = lower.shape[:2]
+    S = spec.shape[1]
+    spec_np = spec.detach().double().cpu().numpy()
+    if not np.array_equal(spec_np, np.round(spec_np)):
+        raise ValueError("milp: specification rows must have integer coefficients (margins e_y - e_j, rates +-e_i)")
+    if ibp is None:
+        with torch.no_grad():
+            ibp = s_ibp(network, lower, upper)
+    prior = torch.full((B, S), -float(T), dtype=lower.dtype) if prior is None else prior.detach().cpu().clone()
+    lb = prior.clone()
+    status = [["prior" if prior[b, s] > 0 else "skipped" for s in range(S)] for b in range(B)]
+    result = MILPResult(lb, status)
+    for b in range(B):
+        start = time.perf_counter()
+        todo = [s for s in np.argsort(prior[b].numpy(), kind="stable") if prior[b, s] <= 0]
+        built = _encode(network, ibp, lower, upper, b, max_binaries) if todo else None
+        result.binaries.append(built[0].binaries if built is not None else 0)
+        if built is None:
+            result.seconds.append(time.perf_counter() - start)
+            continue
+        model, inputs, out = built
+        integrality = np.array(model.integer)
+        bounds_lo, bounds_hi = np.array(model.lo), np.array(model.hi)
+        for s in todo:
+            left = time_limit - (time.perf_counter() - start)
+            if left <= 0.01:
+                break
+            c_row = spec_np[b, s]
+            obj = np.zeros(len(model.lo))
+            base = 0.0
+            for t in range(T):
+                base += float(c_row @ out.const[t])
+                if len(out.var_ids[t]):
+                    np.add.at(obj, out.var_ids[t], c_row[out.var_idx[t]])
+            cols = np.nonzero(obj)[0]
+            state, proved, point = "undecided", None, None
+            if len(cols) == 0:  # the count is the constant base on the whole box
+                proved = base
+                if base >= 1:
+                    state = "verified"
+                else:
+                    point = np.zeros(len(model.lo))
+            else:
+                # a feasibility problem: the solver stops at its first point with count <= 0
+                # (no optimality proof to pay for; the margin is only needed as verified or not)
+                res = milp(
+                    np.zeros_like(obj), integrality=integrality, bounds=(bounds_lo, bounds_hi),
+                    constraints=model.constraint(cols, obj[cols], -base),
+                    options={"time_limit": float(left), "presolve": True},
+                )
+                if res.status == 2:  # infeasible: count >= 1 everywhere
+                    state, proved = "verified", 1.0
+                else:  # a point, a time-out (no point) or a failure: nothing proved
+                    point = res.x
+            if point is not None:  # a point with count <= 0: a real counterexample if the forward agrees
+                x = _replay(network, lower, upper, b, inputs, point)
+                with torch.no_grad():
+                    counts = network(x.unsqueeze(1)).double().cpu()[0] * T
+                if float(torch.round(counts @ torch.from_numpy(c_row))) <= 0:
+                    state = "falsified"
+                    result.counterexamples[(b, int(s))] = x
+            if proved is not None:
+                lb[b, s] = max(float(lb[b, s]), proved / T)
+            status[b][s] = state
+            if state != "verified" and stop_early:
+                break
+        result.seconds.append(time.perf_counter() - start)
+    return result
