@@ -25,6 +25,7 @@ VARIANTS: dict[str, dict] = {
     "sgd-2": dict(epochs=2, lr_milestones=()),
     "adam-cos2": dict(epochs=2, optimizer="adam", lr=1e-3, lr_schedule="cosine", warmup_epochs=0.1),
     "adam-cos3": dict(epochs=3, optimizer="adam", lr=1e-3, lr_schedule="cosine", warmup_epochs=0.1),
+    "adam2e-3-cos2": dict(epochs=2, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1),
     "adam2e-3-cos3": dict(epochs=3, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1),
     "adam5e-4-cos3": dict(epochs=3, optimizer="adam", lr=5e-4, lr_schedule="cosine", warmup_epochs=0.1),
     "adam-cos5": dict(epochs=5, optimizer="adam", lr=1e-3, lr_schedule="cosine", warmup_epochs=0.1),
