@@ -17,6 +17,13 @@ bounds are exact).
     python benchmarks/tightness.py ... --error-model any-order    # widen fixed inputs too
     python benchmarks/tightness.py ... --box-attack 300    # how many samples a search inside the box breaks
     python benchmarks/tightness.py ... --intervals          # per layer: S-IBP's and full S-CROWN's membranes
+    python benchmarks/tightness.py ... --methods ibp crown-ibp milp --milp-time 10   # the MILP's per-sample limit
+
+The ``milp`` row is computed as ``compute_bounds(method="milp")`` computes it (``crown-ibp``,
+then :func:`~snn_robust.bounds.milp.milp_verify` on the rows it leaves unverified, with
+``--milp-time`` seconds and ``--milp-binaries`` binaries per sample), called directly so that
+the row also reports the samples the MILP falsified (a real counterexample in the box),
+left undecided (time-out) or skipped (over the binary cap), and the time per sample.
 
 ``--box-attack N`` also searches the input box itself for a margin ``<= 0`` (``N`` random
 corners, then 30 signed-gradient steps through the surrogate, each rounded to a corner):
@@ -34,6 +41,7 @@ import torch
 
 import snn_robust as sr
 from snn_robust.bounds.api import margin_spec
+from snn_robust.bounds.milp import box_search, milp_limits, milp_verify
 from snn_robust.bounds.rounding import ERROR_MODELS, set_error_model
 from snn_robust.models import paper_model
 
@@ -64,26 +72,34 @@ def _bounds(pert, eps: float, x, steps: int):
 
 def _box_attack(net, lower, upper, y, tries: int, gen: torch.Generator) -> torch.Tensor:
     """``[B]``: samples with an input inside ``[lower, upper]`` whose margin is ``<= 0``
-    (a tie counts: a certified sample needs every margin ``> 0``)."""
+    (a tie counts: a certified sample needs every margin ``> 0``; :func:`box_search`)."""
     spec = margin_spec(y, net(lower).shape[1])
+    return box_search(net, lower, upper, spec, tries, gen)[0].any(1)
 
-    def broken(z):
-        with torch.no_grad():
-            return ((spec * net(z).unsqueeze(1)).sum(-1) <= 0).any(1)
 
-    found = broken(lower) | broken(upper)
-    width = upper - lower
-    for _ in range(tries):
-        found |= broken(lower + width * (torch.rand(lower.shape, generator=gen) < torch.rand(1, generator=gen)).float())
-    z = ((lower + upper) / 2).requires_grad_(True)
-    for _ in range(30):
-        margins = (spec * net(z).unsqueeze(1)).sum(-1)
-        (grad,) = torch.autograd.grad(-margins.min(1).values.sum(), z)
-        with torch.no_grad():
-            z += 0.3 * grad.sign() * width
-            z.copy_(torch.minimum(torch.maximum(z, lower), upper))
-            found |= broken(torch.where(grad > 0, upper, lower)) | broken(lower + width * (z - lower > width / 2))
-    return found
+def _milp(net, lower, upper, y, time_limit: float, max_binaries: int) -> tuple[torch.Tensor, dict]:
+    """``milp``'s margin bounds ``[B, C-1]`` (``crown-ibp``'s, then the MILP on the rows they
+    leave at ``<= 0``: what ``compute_bounds(method="milp")`` returns) and the MILP's counts."""
+    prior = sr.compute_bounds(net, lower, upper, y, method="crown-ibp")
+    found = milp_verify(net, lower, upper, margin_spec(y, prior.shape[1] + 1), prior=prior, time_limit=time_limit,
+                        max_binaries=max_binaries)
+    lb = torch.maximum(prior, found.lower)
+    solved = [b for b, row in enumerate(found.status) if any(s != "prior" for s in row)]
+    verified, falsified = found.verified(), found.falsified()
+    seconds = sorted(found.seconds[b] for b in solved) or [0.0]
+    stats = {
+        "milp_samples": len(solved),
+        "milp_verified": int(sum(verified[b] for b in solved)),
+        "falsified": int(falsified.sum()),
+        "skipped_over_cap": int(sum(1 for b in solved if found.binaries[b] < 0)),
+        "undecided": int((~verified & ~falsified).sum()),
+        "milp_seconds_mean": round(sum(seconds) / len(seconds), 2),
+        "milp_seconds_median": round(seconds[len(seconds) // 2], 2),
+        "milp_seconds_max": round(seconds[-1], 2),
+        "search_seconds": round(found.search_seconds, 2),
+        "binaries_median": sorted(found.binaries[b] for b in solved)[len(solved) // 2] if solved else 0,
+    }
+    return lb, stats
 
 
 def _intervals(net, lower, upper) -> list[dict]:
@@ -119,6 +135,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--box-attack", type=int, default=0, help="random corners tried (0: no search)")
     parser.add_argument("--intervals", action="store_true", help="per-layer S-IBP / full S-CROWN membrane intervals")
+    parser.add_argument("--milp-time", type=float, default=None, help="MILP seconds per sample (default: the library's)")
+    parser.add_argument("--milp-binaries", type=int, default=None, help="MILP binary cap per sample")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     set_error_model(args.error_model)
@@ -126,13 +144,17 @@ def main() -> None:
         net, x, y, pert = _model_and_data(spec, args.n, args.steps, args.data_root)
         for eps in args.eps:
             lower, upper = _bounds(pert, eps, x, args.steps)
-            found = {}
-            with torch.no_grad():
+            found, extra = {}, {}
+            with torch.no_grad(), milp_limits(args.milp_time, args.milp_binaries) as limits:
                 for method in args.methods:
                     t0 = time.perf_counter()
-                    # exhaustive: tightness of `best` on every sample, not the early exit's cheap
-                    # maximum on samples the cheap methods already verify
-                    lb = sr.compute_bounds(net, lower, upper, y, method=method, exhaustive=True)
+                    if method == "milp":
+                        lb, extra[method] = _milp(net, lower, upper, y, limits["time_limit"], limits["max_binaries"])
+                        extra[method].update(milp_time_limit=limits["time_limit"])
+                    else:
+                        # exhaustive: tightness of `best` on every sample, not the early exit's cheap
+                        # maximum on samples the cheap methods already verify
+                        lb = sr.compute_bounds(net, lower, upper, y, method=method, exhaustive=True)
                     found[method] = (lb, time.perf_counter() - t0)
                 true = None
                 if eps == 0:
@@ -152,6 +174,7 @@ def main() -> None:
                     row["looser_than_ibp"] = round((lb < ibp).float().mean().item(), 4)
                 if true is not None:
                     row["max_gap_to_forward"] = float((lb - true).abs().max())
+                row.update(extra.get(method, {}))
                 print(json.dumps(row), flush=True)
             if args.intervals:
                 for row in _intervals(net, lower, upper):

@@ -211,14 +211,15 @@ def _exhaustive(net, lower, upper, spec, b):
 
 @settings(max_examples=40, deadline=None)
 @example(c=dict(alpha=0.5, th=0.5, reset="zero", firing=">", decay_reset=False, per_neuron=False, steps=2, eps=0.4,
-                gain=1.0, dyadic=True, depth=2, seed=7))
-@given(configs())
-def test_complete_on_tiny_nets(c):
+                gain=1.0, dyadic=True, depth=2, seed=7), search=0)
+@given(configs(), st.sampled_from([0, 50]))
+def test_complete_on_tiny_nets(c, search):
     """Against every input of the box (at most 2^12): a row is verified exactly when the
     smallest count is >= 1, a row whose smallest count is <= 0 is falsified with a real
     counterexample, except where a reachable membrane lies within the band ``delta``
     (here below 1e-4) of its threshold: there the encoding lets both spikes happen, so the
-    row may stay undecided (never wrongly verified)."""
+    row may stay undecided (never wrongly verified). With and without the box search
+    (``search=0``: every counterexample comes from the solver's points)."""
     c = dict(c, steps=min(c["steps"], 3))
     net, shape, gen = _net(c, n_in=4, width=4)
     lower, upper = _box(c, net, shape, gen, 2, "spike")
@@ -226,7 +227,7 @@ def test_complete_on_tiny_nets(c):
     upper = torch.where(keep, upper, lower)
     labels = torch.randint(0, 3, (2,), generator=gen)
     spec = margin_spec(labels, 3)
-    found = M.milp_verify(net, lower, upper, spec, time_limit=30, stop_early=False)
+    found = M.milp_verify(net, lower, upper, spec, time_limit=30, stop_early=False, search=search)
     for b in range(2):
         lowest, closest = _exhaustive(net, lower, upper, spec, b)
         for s in range(spec.shape[1]):
@@ -307,7 +308,7 @@ def test_limits_fall_back_to_the_prior_bound():
     labels = torch.randint(0, 3, (3,), generator=gen)
     with torch.no_grad():
         prior = sr.compute_bounds(net, lower, upper, labels, method="crown-ibp")
-    found = M.milp_verify(net, lower, upper, margin_spec(labels, 3), prior=prior, max_binaries=0)
+    found = M.milp_verify(net, lower, upper, margin_spec(labels, 3), prior=prior, max_binaries=0, search=0)
     assert torch.equal(found.lower, prior)
     assert all(s in ("prior", "skipped") for row in found.status for s in row)
     with M.milp_limits(max_binaries=0), torch.no_grad():

@@ -69,7 +69,9 @@ from .ibp import IBPResult, s_ibp
 from .rounding import charge_error, set_error_model, unit_roundoff
 from .spatial import BoundAvgPool2d, BoundConv2d, BoundFlatten, BoundLinear
 
-__all__ = ["MILPUnsupportedError", "MILPResult", "milp_verify", "milp_supported", "milp_limits", "SLACK"]
+__all__ = [
+    "MILPUnsupportedError", "MILPResult", "milp_verify", "milp_supported", "milp_limits", "box_search", "SLACK",
+]
 
 SLACK = 1e-5
 """Absolute slack (times ``max(1, th)``) added to every band (module docstring)."""
@@ -149,13 +151,16 @@ class MILPResult:
     ``"undecided"`` (time-out or a spurious point), ``"skipped"`` (over the binary cap, or the
     sample's time was spent / a row already failed) or ``"prior"`` (verified by the prior
     bound, not solved); ``counterexamples``: ``{(b, s): input [T', *input_shape]}`` for the
-    falsified rows; ``seconds``: time per sample; ``binaries``: binaries per sample."""
+    falsified rows; ``seconds``: time per sample (the MILP; ``search_seconds``: the box search,
+    for all samples together); ``binaries``: binaries per sample (``-1``: over
+    the cap, not solved)."""
 
     lower: Tensor
     status: list[list[str]]
     counterexamples: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
     binaries: list[int] = field(default_factory=list)
+    search_seconds: float = 0.0
 
     def verified(self) -> Tensor:
         """``[B]`` bool: every row verified (by the MILP or the prior bound)."""
@@ -403,6 +408,44 @@ def _replay(network: SpikingNetwork, lower: Tensor, upper: Tensor, b: int, input
     return x.reshape(lower[:, b].shape)
 
 
+def box_search(
+    network: SpikingNetwork, lower: Tensor, upper: Tensor, spec: Tensor, tries: int, gen: torch.Generator,
+    steps: int = 30,
+) -> tuple[Tensor, Tensor]:
+    """Search the box ``[lower, upper]`` (``[T', B, ...]``) for inputs with a row of ``spec``
+    (``[B, S, C]``, on the output rates) ``<= 0``: both corners, ``tries`` random corners,
+    then ``steps`` signed-gradient steps (through the surrogate) from the centre, each
+    rounded to a corner. Returns ``(found [B, S] bool, inputs [S, T', B, ...])``:
+    ``found[b, s]`` when some tried input of sample ``b`` has row ``s`` ``<= 0`` in the
+    forward pass (a real counterexample; a tie counts), ``inputs[s, :, b]`` the first such
+    input."""
+    found = torch.zeros(spec.shape[:2], dtype=torch.bool)
+    best = lower.unsqueeze(0).repeat(spec.shape[1], *([1] * lower.dim()))
+
+    def check(z: Tensor) -> None:
+        with torch.no_grad():
+            bad = (spec * network(z).unsqueeze(1)).sum(-1).cpu() <= 0
+            for s, samples in enumerate((bad & ~found).t()):
+                best[s][:, samples] = z[:, samples]
+            found.logical_or_(bad)
+
+    check(lower)
+    check(upper)
+    width = upper - lower
+    for _ in range(tries):
+        check(lower + width * (torch.rand(lower.shape, generator=gen) < torch.rand(1, generator=gen)).to(lower.dtype))
+    z = ((lower + upper) / 2).requires_grad_(True)
+    for _ in range(steps):
+        margins = (spec * network(z).unsqueeze(1)).sum(-1)
+        (grad,) = torch.autograd.grad(-margins.min(1).values.sum(), z)
+        with torch.no_grad():
+            z += 0.3 * grad.sign() * width
+            z.copy_(torch.minimum(torch.maximum(z, lower), upper))
+        check(torch.where(grad > 0, upper, lower))
+        check(lower + width * (z.detach() - lower > width / 2).to(lower.dtype))
+    return found, best
+
+
 def milp_verify(
     network: SpikingNetwork,
     lower: Tensor,
@@ -413,6 +456,7 @@ def milp_verify(
     time_limit: float | None = None,
     max_binaries: int | None = None,
     stop_early: bool = True,
+    search: int = 50,
 ) -> MILPResult:
     """The MILP verifier (module docstring) on ``spec`` rows ``[B, S, C]`` (integer
     coefficients on the output spike counts, e.g. :func:`~snn_robust.bounds.api.margin_spec`)
@@ -424,6 +468,9 @@ def milp_verify(
     ``max_binaries``: larger encodings are skipped. ``stop_early``: stop a sample at its first
     row the MILP does not verify (the sample cannot be verified then; the remaining rows keep
     ``prior`` and the status ``"skipped"``), hardest rows (lowest ``prior``) first.
+    ``search``: random corners tried by :func:`box_search` first (0: none); a row it breaks is
+    falsified at once, and with ``stop_early`` its sample skips the MILP (finding a
+    counterexample by branch and bound costs seconds, by a search milliseconds).
 
     Raises :class:`MILPUnsupportedError` (a ``ValueError``) naming the layer for networks the
     encoding does not cover (:func:`milp_supported`)."""
@@ -444,11 +491,26 @@ def milp_verify(
     lb = prior.clone()
     status = [["prior" if prior[b, s] > 0 else "skipped" for s in range(S)] for b in range(B)]
     result = MILPResult(lb, status)
+    searched = torch.zeros(B, S, dtype=torch.bool)
+    pending = (prior <= 0).any(1).nonzero().squeeze(1)
+    if search and len(pending):
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            broken, inputs = box_search(network, lower[:, pending], upper[:, pending], spec[pending].to(lower.dtype),
+                                        search, torch.Generator().manual_seed(0))
+        searched[pending] = broken & (prior[pending] <= 0)
+        for j, b in enumerate(pending.tolist()):
+            for s in searched[b].nonzero().squeeze(1).tolist():
+                status[b][s] = "falsified"
+                result.counterexamples[(b, s)] = inputs[s, :, j]
+        result.search_seconds = time.perf_counter() - t0
     for b in range(B):
         start = time.perf_counter()
-        todo = [s for s in np.argsort(prior[b].numpy(), kind="stable") if prior[b, s] <= 0]
+        todo = [s for s in np.argsort(prior[b].numpy(), kind="stable") if prior[b, s] <= 0 and not searched[b, s]]
+        if stop_early and searched[b].any():
+            todo = []
         built = _encode(network, ibp, lower, upper, b, max_binaries) if todo else None
-        result.binaries.append(built[0].binaries if built is not None else 0)
+        result.binaries.append(built[0].binaries if built is not None else (-1 if todo else 0))
         if built is None:
             result.seconds.append(time.perf_counter() - start)
             continue
