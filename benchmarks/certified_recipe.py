@@ -111,6 +111,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "scratch-ibp": dict(init="ibp", warmup_natural_epochs=1),
     "scratch-default": dict(init="default", warmup_natural_epochs=1),
     "scratch-ibp-tp5": dict(init="ibp", warmup_natural_epochs=1, bound_steps=5),
+    # session 3: the levers combined (T' = 5 in training + the regulariser at 0.1), and ideas on top
+    "tp5-reg0.1": dict(bound_steps=5, reg_unstable=0.1),
+    "tp5-reg0.1-w.6": dict(bound_steps=5, reg_unstable=0.1, clean_weight=0.6, bound_weight=0.4),
+    "tp5-reg0.1-lr2e-3": dict(bound_steps=5, reg_unstable=0.1, lr=2e-3),
 }
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust

@@ -191,6 +191,8 @@ def compute_bounds(
     labels: Tensor | None = None,
     method: Method = "crown-ibp",
     exhaustive: bool = False,
+    *,
+    ibp_sink: list[IBPResult] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Certified bounds of a spiking network's output rates over an input box.
 
@@ -205,6 +207,10 @@ def compute_bounds(
         method: one of :data:`METHODS`.
         exhaustive: only for ``best`` / ``best-full`` with labels: run the optimised S-CROWN on every
             sample (the tightest margins everywhere) instead of the early exit below.
+        ibp_sink: a list to which the S-IBP pass every method starts from is appended (its
+            membrane intervals carry the graph), for a caller that also needs them, e.g.
+            :func:`~snn_robust.loss.certified_loss`'s unstable-neuron regulariser, without a
+            second pass.
 
     **``best`` with early exit.** ``best`` is the maximum over the methods (``best-full``
     with ``crown-full`` too), and the optimised S-CROWN costs ``iterations`` (20) S-CROWN
@@ -268,6 +274,8 @@ def compute_bounds(
     """
     lower, upper = _validate(network, lower, upper, labels, method)
     ibp = s_ibp(network, lower, upper)
+    if ibp_sink is not None:
+        ibp_sink.append(ibp)
     rl, _ = ibp.rates()
     B, C = rl.shape
     readout = network.readout

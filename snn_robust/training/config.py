@@ -3,7 +3,7 @@ and the learning-rate schedules it describes."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Mapping
 
 import torch
@@ -48,7 +48,7 @@ class TrainConfig:
             to ``eps * train_eps_factor`` (ANN practice trains at 1.33-2x the certified eps); ramp_epochs / hold_epochs /
             eps_start_epoch / eps_shape: the :class:`EpsSchedule`.
         bound_steps: T' of the bounds (paper: 3); method: the training bound.
-        clean_weight, bound_weight, clean_weight_start, bound_scale: see
+        clean_weight, bound_weight, clean_weight_start, bound_scale, unstable_weight: see
             :class:`RobustTrainingStep`.
         seed: seeds the data order (per epoch) and the coding / bound-sampling generator.
         shuffle, drop_last: data order options.
@@ -81,6 +81,7 @@ class TrainConfig:
     bound_weight: float = 0.6
     clean_weight_start: float | None = None
     bound_scale: float = 1.0
+    unstable_weight: float = 0.0
     seed: int = 0
     shuffle: bool = True
     drop_last: bool = False
@@ -102,7 +103,7 @@ class TrainConfig:
         check_method(self.method)
         check_number("lr", self.lr, 0.0, low_open=True)
         for name in ("ramp_epochs", "hold_epochs", "eps_start_epoch", "warmup_epochs", "train_eps_factor", "eps",
-                     "clean_weight", "bound_weight", "weight_decay", "momentum", "lr_gamma"):
+                     "clean_weight", "bound_weight", "unstable_weight", "weight_decay", "momentum", "lr_gamma"):
             check_number(name, getattr(self, name), 0.0)
         _check_clip(self.clip_norm)
         CleanLoss(self.clean_loss, self.clean_scale)
@@ -207,6 +208,8 @@ def _make_lr_scheduler(opt: torch.optim.Optimizer, config: "TrainConfig", per_ep
 
 
 def _config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    # a field added after the checkpoint was written counts as its default (e.g. unstable_weight 0)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in keys
-            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+    return [f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {current.get(k, defaults.get(k))!r}" for k in keys
+            if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k))]

@@ -174,7 +174,7 @@ def fit(
             perturbation, config.eps_schedule(per_epoch), steps=config.steps, bound_steps=config.bound_steps,
             method=config.method, clean_weight=config.clean_weight, bound_weight=config.bound_weight,
             bound_scale=config.bound_scale, clean_loss=clean_loss, clip_norm=config.clip_norm, generator=generator,
-            clean_weight_start=config.clean_weight_start,
+            clean_weight_start=config.clean_weight_start, unstable_weight=config.unstable_weight,
         )
     else:
         step_fn = TrainingStep(perturbation, steps=config.steps, clean_loss=clean_loss, clip_norm=config.clip_norm, generator=generator)

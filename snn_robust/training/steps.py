@@ -17,7 +17,8 @@ from torch import Tensor
 from .. import distributed
 from ..bounds.api import Method
 from ..coding import Coding
-from ..loss import certified_loss
+from ..bounds.ibp import IBPResult
+from ..loss import certified_loss, unstable_penalty
 from ..names import check_method
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
@@ -199,7 +200,7 @@ class RobustTrainingStep(TrainingStep):
     """One robust training step (Section 3.3, 4.1): at iteration ``k = self.step``
 
     ``loss = clean_weight * clean_loss(net(encode(x, T)), y)
-    + bound_weight * CE(bound_scale * -[0, lb], y)``
+    + bound_weight * CE(bound_scale * -[0, lb], y) + unstable_weight * R``
 
     where the second term is :func:`~snn_robust.certified_loss` (``lb``: the margin lower
     bounds by ``method``, default CROWN-IBP, over the input bounds
@@ -220,6 +221,9 @@ class RobustTrainingStep(TrainingStep):
             ``clean_weight + bound_weight - clean weight``, so the sum stays fixed; ``None``:
             constant weights (the paper).
         bound_scale: factor on the bound logits (paper: 1).
+        unstable_weight: weight of the unstable-neuron regulariser ``R`` in the loss
+            (:func:`~snn_robust.loss.unstable_penalty`, on the bound pass's own S-IBP
+            intervals; 0: none, the paper).
         clean_loss: see :class:`CleanLoss`.
         clip_norm: gradient-norm clip (paper: 0.25; ``None``: none).
         generator: random source of the coding and of the sampled input bounds.
@@ -244,6 +248,7 @@ class RobustTrainingStep(TrainingStep):
         clean_loss: CleanLoss = CleanLoss(),
         clip_norm: float | None = 0.25,
         clean_weight_start: float | None = None,
+        unstable_weight: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(perturbation, Perturbation):  # a bare coding has no bounds to train against
@@ -264,6 +269,7 @@ class RobustTrainingStep(TrainingStep):
                                  f"({self.clean_weight + self.bound_weight}), the fixed sum of the two weights")
         self.clean_weight_start = clean_weight_start
         self.bound_scale = check_number("bound_scale", bound_scale, 0.0, low_open=True)
+        self.unstable_weight = check_number("unstable_weight", unstable_weight, 0.0)
 
     @property
     def eps(self) -> float:
@@ -273,12 +279,19 @@ class RobustTrainingStep(TrainingStep):
     def compute_loss(self, net: SpikingNetwork, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor | float]]:
         clean, metrics = super().compute_loss(net, x, labels)
         eps = self.eps
+        passes: list[IBPResult] = []
         bound, margins = certified_loss(net, x, labels, self.perturbation.with_eps(eps), self.bound_steps, self.method,
-                                        self.generator, bound_scale=self.bound_scale, return_margins=True)
+                                        self.generator, bound_scale=self.bound_scale, return_margins=True,
+                                        ibp_sink=passes if self.unstable_weight else None)
         metrics["bound_loss"] = bound.detach()
         metrics["verified"] = (margins.detach() > 0).all(dim=1).float().mean()
         metrics["eps"] = eps
-        return self._weights(eps)[0] * clean + self._weights(eps)[1] * bound, metrics
+        loss = self._weights(eps)[0] * clean + self._weights(eps)[1] * bound
+        if self.unstable_weight:
+            penalty = unstable_penalty(net, passes[0]).mean()
+            metrics["unstable_penalty"] = penalty.detach()
+            loss = loss + self.unstable_weight * penalty
+        return loss, metrics
 
     def _weights(self, eps: float) -> tuple[float, float]:
         """(clean, bound) loss weights at this eps (the kappa schedule, see the class doc)."""
