@@ -29,10 +29,12 @@ neurons (flattened), ``n_in`` its inputs (flattened).
 
 **Floating point.** The encoding describes the *float* forward passes (ours, snnTorch's,
 SpikingJelly's, ``>`` or ``>=`` firing): every membrane equation holds up to a band
-``delta = 2 (scale E_sp + E_charge) + SLACK``, where ``E_sp`` is the any-order rounding bound
-of the layer's float output (:meth:`BoundOp.rounding_error` under the ``"any-order"`` error
-model, whatever the global model), ``E_charge`` the charge's (:func:`charge_error`), and the
-fire constraints let both ``s = 0`` and ``s = 1`` be feasible within ``delta`` of the
+``delta = scale E_sp + E_charge + SLACK``, where ``E_sp = gamma_{n+2} (|W| |x|_max + |b|)``
+bounds the distance between the layer's float output, summed in any order (``n`` inputs
+that can be nonzero; Higham Eq. 3.5, as in :mod:`~snn_robust.bounds.rounding`, whatever
+the global error model: the inputs here are not fixed), and the exact sum of its float
+weights times the inputs, ``E_charge`` the charge's rounding (:func:`charge_error`, which
+also covers the float decay), and the fire constraints let both ``s = 0`` and ``s = 1`` be feasible within ``delta`` of the
 threshold. So every float trajectory of an input in the box is a feasible point of the
 encoding, strictly inside its rows by at least :data:`SLACK`.
 
@@ -41,10 +43,13 @@ encoding plus the row ``count <= 0`` infeasible (a feasibility problem: the solv
 its first point with ``count <= 0``, and pays for no optimality proof; the count is an integer,
 so infeasibility means ``count >= 1``, a margin of at least ``1 / T'``, which is the bound
 returned). HiGHS is a floating-point solver, not a proof checker: the certificate rests on
-its answer. :data:`SLACK` (``1e-5 max(1, th)``,
-100x HiGHS's primal feasibility tolerance of ``1e-7`` and above its integrality tolerance
-``1e-6`` times the big-M coefficients of these networks) keeps every real trajectory well
-inside the rows, so a tolerance-level error of the solver cannot cut it off. A time-out, a
+its answer. :data:`SLACK` (``2e-6 max(1, th)``, 20x HiGHS's primal feasibility tolerance of
+``1e-7``) keeps every real trajectory inside the rows by more than the solver's tolerances,
+so a tolerance-level error of the solver cannot cut it off (its tolerances, the integrality
+one included, only ever let it accept more points, which costs completeness, not
+soundness). The band is what keeps the verifier from being complete: a row whose only
+counterexamples are "trajectories" with a membrane within ``delta`` of its threshold
+(about ``1e-5`` on a 784-input layer) on the wrong side stays undecided. A time-out, a
 binary count above the cap or any other status leaves the row with the cheaper bound (never
 more than proved). When the solver finds a point with ``count <= 0``, its input is replayed
 through the network's own forward pass; if that forward also gives a margin ``<= 0``, the
@@ -66,14 +71,14 @@ from torch import Tensor
 from ..network import SpikingNetwork
 from .graph import BoundStage, bound_graph
 from .ibp import IBPResult, s_ibp
-from .rounding import charge_error, set_error_model, unit_roundoff
+from .rounding import charge_error, gamma, unit_roundoff
 from .spatial import BoundAvgPool2d, BoundConv2d, BoundFlatten, BoundLinear
 
 __all__ = [
     "MILPUnsupportedError", "MILPResult", "milp_verify", "milp_supported", "milp_limits", "box_search", "SLACK",
 ]
 
-SLACK = 1e-5
+SLACK = 2e-6
 """Absolute slack (times ``max(1, th)``) added to every band (module docstring)."""
 
 _LIMITS = {"time_limit": 2.0, "max_binaries": 2000}
@@ -112,9 +117,11 @@ def _affine_index(stage: BoundStage) -> int:
     """The index of the stage's one affine operator; refuses anything else by name."""
     found = None
     for i, op in enumerate(stage.ops):
-        if isinstance(op, BoundFlatten):
+        if type(op) is BoundFlatten:
             continue
-        if not isinstance(op, _AFFINE):
+        # exact types: an operator that subclasses one of these may bound another input set
+        # than the box (certificates' flip-budget layer, whose box is the observation alone)
+        if type(op) not in _AFFINE:
             raise MILPUnsupportedError(
                 f"milp: layer {op.name} ({type(op.module).__name__}) has no MILP encoding (supported: Linear, Conv2d, "
                 "AvgPool2d, Flatten); use method='best' (it skips the MILP stage for such networks) or 'crown-full'"
@@ -313,15 +320,16 @@ def _encode_stage(model: _Model, stage: BoundStage, k: int, ibp: IBPResult, b: i
     with torch.no_grad():
         W = _rows_of(op, V, in_shape, _op_out_shape(op, l_in[:1]), l_in)
         bias = op.module(l_in[:1] * 0).reshape(-1).double().cpu().numpy()[V]
-        # the band: any-order rounding of the layer's float output, and the charge's
-        previous = set_error_model("any-order")
-        try:
-            e_sp = op.rounding_error(l_in[sample], u_in[sample]).reshape(T, -1).double().cpu().numpy()[:, V]
-        finally:
-            set_error_model(previous)
+        # the band: the layer's float output against the exact sum of its float weights times
+        # the inputs, in any order (Higham 3.5: gamma_{n+1} (|W| |x| + |b|), n the inputs that
+        # can be nonzero, one more term for an average pool's division), then the charge's
+        u = unit_roundoff(l_in.dtype)
         x_abs = torch.maximum(l_in[sample].abs(), u_in[sample].abs())
-        sp_abs = (op.abs_linear(x_abs) + op.abs_bias(op.abs_linear(x_abs))).reshape(T, -1).double().cpu().numpy()[:, V]
-    u = unit_roundoff(l_in.dtype)
+        sp_abs = op.abs_linear(x_abs)
+        sp_abs = sp_abs + op.abs_bias(sp_abs)
+        n = op.window_count((x_abs != 0).to(x_abs.dtype)).clamp(max=op.fan_in(x_abs))
+        e_sp = (gamma(n.double() + 2, u) * sp_abs.double()).reshape(T, -1).cpu().numpy()[:, V]
+        sp_abs = sp_abs.reshape(T, -1).double().cpu().numpy()[:, V]
     offset = 0.0 if hard else th[V]
     v_abs = np.zeros(len(V))
     mlV, muV = ml[:, V], mu[:, V]
@@ -333,7 +341,7 @@ def _encode_stage(model: _Model, stage: BoundStage, k: int, ibp: IBPResult, b: i
     for t in range(T):
         e_charge = charge_error(torch.from_numpy(sp_abs[t] * (1 + 1e-3)), torch.from_numpy(v_abs),
                                 torch.from_numpy(aV.copy()), torch.from_numpy(sV.copy()), u).numpy()
-        band = 2 * (sV * e_sp[t] + e_charge) + slack
+        band = sV * e_sp[t] * (1 + 1e-3) + e_charge + slack
         v_abs = np.maximum(np.abs(mlV[t]), np.abs(muV[t])) + offset
         live = np.nonzero(last >= t)[0]
         const_sp = W[live] @ x.const[t] + bias[live]
