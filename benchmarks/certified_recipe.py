@@ -62,7 +62,7 @@ CUSTOM_KEYS = ("reg_unstable", "reg_decay", "beta_start", "hinge", "lr_decay_fra
 #: Variant name -> TrainConfig.quick_robust overrides (on top of "epochs" / ramp / hold given
 #: on the command line).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "base": dict(),  # TrainConfig.quick_robust as it is (since this commit: with the cosine lr)
+    "base": dict(),  # TrainConfig.quick_robust as it is (since session 3: T' = 5 and unstable_weight 0.1)
     "cos": dict(lr_schedule="cosine"),
     "cos-crown": dict(lr_schedule="cosine", method="crown-ibp"),
     "crown": dict(method="crown-ibp"),
@@ -111,11 +111,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "scratch-ibp": dict(init="ibp", warmup_natural_epochs=1),
     "scratch-default": dict(init="default", warmup_natural_epochs=1),
     "scratch-ibp-tp5": dict(init="ibp", warmup_natural_epochs=1, bound_steps=5),
-    # session 3: the levers combined (T' = 5 in training + the regulariser at 0.1), and ideas on top
-    "tp5-reg0.1": dict(bound_steps=5, reg_unstable=0.1),
-    "tp5-reg0.1-w.6": dict(bound_steps=5, reg_unstable=0.1, clean_weight=0.6, bound_weight=0.4),
-    "tp5-reg0.1-lr2e-3": dict(bound_steps=5, reg_unstable=0.1, lr=2e-3),
 }
+
+#: quick_robust's defaults before session 3 (T' = 3, no regulariser): every variant above
+#: was measured on top of them (docs/results.md sections 4-7b) and keeps them.
+SESSION2_DEFAULTS: dict[str, Any] = dict(bound_steps=3, unstable_weight=0.0)
+VARIANTS = {name: ({**SESSION2_DEFAULTS, **over} if name != "base" else over) for name, over in VARIANTS.items()}
+VARIANTS.update({
+    "s2-default": dict(SESSION2_DEFAULTS),  # the quick profile's robust phase of sessions 1-2 (section 5's)
+    # session 3: the levers combined (T' = 5 in training + the prototype regulariser at 0.1; the library's
+    # TrainConfig.unstable_weight 0.1 trains to the same bits), and ideas on top
+    "tp5-reg0.1": dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0),
+    "tp5-reg0.1-w.6": dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0, clean_weight=0.6, bound_weight=0.4),
+    "tp5-reg0.1-lr2e-3": dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0, lr=2e-3),
+})
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
 #: phase (which then runs as usual, with the same number of robust steps as fine-tuning):
@@ -220,6 +229,8 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
 
     if config.optimizer != "adam" or config.lr_schedule != "step" or config.lr_milestones:
         raise ValueError("custom_fit runs the constant-lr Adam configs only")
+    if config.unstable_weight:
+        raise ValueError("custom_fit: PrototypeStep computes its own regulariser (reg_unstable); set unstable_weight=0")
     sampler = EpochBatchSampler(len(train), config.batch_size, shuffle=config.shuffle, seed=config.seed)
     per_epoch = sampler.batches_per_epoch
     generator = torch.Generator().manual_seed(config.seed)
