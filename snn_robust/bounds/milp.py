@@ -159,7 +159,10 @@ class MILPResult:
     sample's time was spent / a row already failed) or ``"prior"`` (verified by the prior
     bound, not solved); ``counterexamples``: ``{(b, s): input [T', *input_shape]}`` for the
     falsified rows; ``seconds``: time per sample (the MILP; ``search_seconds``: the box search,
-    for all samples together); ``binaries``: binaries per sample (``-1``: over
+    for all samples together); ``band_limited``: undecided rows ``(b, s)`` whose encoding
+    without the rounding band is infeasible (every counterexample the solver can find has a
+    membrane within the band of its threshold: verified if the forward's rounding were below
+    :data:`SLACK`, not proved); ``binaries``: binaries per sample (``-1``: over
     the cap, not solved)."""
 
     lower: Tensor
@@ -168,6 +171,7 @@ class MILPResult:
     seconds: list[float] = field(default_factory=list)
     binaries: list[int] = field(default_factory=list)
     search_seconds: float = 0.0
+    band_limited: set[tuple[int, int]] = field(default_factory=set)
 
     def verified(self) -> Tensor:
         """``[B]`` bool: every row verified (by the MILP or the prior bound)."""
@@ -257,9 +261,11 @@ def _rows_of(op, rows: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[i
 
 
 def _encode(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor, b: int,
-            max_binaries: int) -> tuple[_Model, _Layer, _Layer] | None:
+            max_binaries: int, rounding: bool = True) -> tuple[_Model, _Layer, _Layer] | None:
     """The MILP of sample ``b``: the model, the input layer's variables and the output
-    layer's spikes; ``None`` if it would have more than ``max_binaries`` binaries."""
+    layer's spikes; ``None`` if it would have more than ``max_binaries`` binaries. With
+    ``rounding=False`` the membrane rows leave out the floating-point band (only
+    :data:`SLACK` remains): not sound, used only to look for counterexamples."""
     model = _Model()
     T = lower.shape[0]
     lo = lower[:, b].reshape(T, -1).double().cpu().numpy()
@@ -282,13 +288,14 @@ def _encode(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tenso
         var_ids.append(ids)
     layer = inputs = _Layer(const, var_idx, var_ids)
     for k, stage in enumerate(bound_graph(network)):
-        layer = _encode_stage(model, stage, k, ibp, b, layer, T)
+        layer = _encode_stage(model, stage, k, ibp, b, layer, T, rounding)
         if model.binaries > max_binaries:
             return None
     return model, inputs, layer
 
 
-def _encode_stage(model: _Model, stage: BoundStage, k: int, ibp: IBPResult, b: int, x: _Layer, T: int) -> _Layer:
+def _encode_stage(model: _Model, stage: BoundStage, k: int, ibp: IBPResult, b: int, x: _Layer, T: int,
+                  rounding: bool) -> _Layer:
     i = _affine_index(stage)
     op = stage.ops[i]
     l_in, u_in = ibp.op_inputs[k][i]  # [T * B, X...]
@@ -341,7 +348,7 @@ def _encode_stage(model: _Model, stage: BoundStage, k: int, ibp: IBPResult, b: i
     for t in range(T):
         e_charge = charge_error(torch.from_numpy(sp_abs[t] * (1 + 1e-3)), torch.from_numpy(v_abs),
                                 torch.from_numpy(aV.copy()), torch.from_numpy(sV.copy()), u).numpy()
-        band = sV * e_sp[t] * (1 + 1e-3) + e_charge + slack
+        band = (sV * e_sp[t] * (1 + 1e-3) + e_charge if rounding else 0.0) + slack
         v_abs = np.maximum(np.abs(mlV[t]), np.abs(muV[t])) + offset
         live = np.nonzero(last >= t)[0]
         const_sp = W[live] @ x.const[t] + bias[live]
@@ -454,6 +461,32 @@ def box_search(
     return found, best
 
 
+def _solve(model: _Model, cols: np.ndarray, coef: np.ndarray, base: float, seconds: float) -> tuple[str, np.ndarray | None]:
+    """Is the model plus ``base + coef . x[cols] <= 0`` feasible? ``("infeasible", None)``,
+    ``("point", x)`` or ``("unknown", None)`` (time-out or failure). A feasibility problem:
+    the solver stops at its first point (no optimality proof to pay for)."""
+    res = milp(
+        np.zeros(len(model.lo)), integrality=np.array(model.integer), bounds=(np.array(model.lo), np.array(model.hi)),
+        constraints=model.constraint(cols, coef, -base), options={"time_limit": float(seconds), "presolve": True},
+    )
+    if res.status == 2:
+        return "infeasible", None
+    return ("point", res.x) if res.x is not None else ("unknown", None)
+
+
+def _falsified(network: SpikingNetwork, lower: Tensor, upper: Tensor, b: int, inputs: _Layer, point: np.ndarray,
+               c_row: np.ndarray, result: "MILPResult", s: int) -> bool:
+    """Replay a solver point's input through the forward pass; keep it as a counterexample
+    of row ``s`` if its count there is ``<= 0``."""
+    x = _replay(network, lower, upper, b, inputs, point)
+    with torch.no_grad():
+        counts = network(x.unsqueeze(1)).double().cpu()[0] * lower.shape[0]
+    if float(torch.round(counts @ torch.from_numpy(c_row))) <= 0:
+        result.counterexamples[(b, int(s))] = x
+        return True
+    return False
+
+
 def milp_verify(
     network: SpikingNetwork,
     lower: Tensor,
@@ -523,8 +556,7 @@ def milp_verify(
             result.seconds.append(time.perf_counter() - start)
             continue
         model, inputs, out = built
-        integrality = np.array(model.integer)
-        bounds_lo, bounds_hi = np.array(model.lo), np.array(model.hi)
+        exact = None  # the same encoding without the rounding band, built on the first spurious point
         for s in todo:
             left = time_limit - (time.perf_counter() - start)
             if left <= 0.01:
@@ -537,32 +569,32 @@ def milp_verify(
                 if len(out.var_ids[t]):
                     np.add.at(obj, out.var_ids[t], c_row[out.var_idx[t]])
             cols = np.nonzero(obj)[0]
-            state, proved, point = "undecided", None, None
+            state, proved = "undecided", None
             if len(cols) == 0:  # the count is the constant base on the whole box
                 proved = base
                 if base >= 1:
                     state = "verified"
-                else:
-                    point = np.zeros(len(model.lo))
-            else:
-                # a feasibility problem: the solver stops at its first point with count <= 0
-                # (no optimality proof to pay for; the margin is only needed as verified or not)
-                res = milp(
-                    np.zeros_like(obj), integrality=integrality, bounds=(bounds_lo, bounds_hi),
-                    constraints=model.constraint(cols, obj[cols], -base),
-                    options={"time_limit": float(left), "presolve": True},
-                )
-                if res.status == 2:  # infeasible: count >= 1 everywhere
-                    state, proved = "verified", 1.0
-                else:  # a point, a time-out (no point) or a failure: nothing proved
-                    point = res.x
-            if point is not None:  # a point with count <= 0: a real counterexample if the forward agrees
-                x = _replay(network, lower, upper, b, inputs, point)
-                with torch.no_grad():
-                    counts = network(x.unsqueeze(1)).double().cpu()[0] * T
-                if float(torch.round(counts @ torch.from_numpy(c_row))) <= 0:
+                elif _falsified(network, lower, upper, b, inputs, np.zeros(len(model.lo)), c_row, result, s):
                     state = "falsified"
-                    result.counterexamples[(b, int(s))] = x
+            else:
+                found, point = _solve(model, cols, obj[cols], base, left)
+                if found == "infeasible":  # count >= 1 everywhere
+                    state, proved = "verified", 1.0
+                elif point is not None and _falsified(network, lower, upper, b, inputs, point, c_row, result, s):
+                    state = "falsified"
+                elif point is not None:
+                    # a spurious point: some membrane within the band of its threshold on the
+                    # wrong side. Without the band (the forward's own arithmetic, up to SLACK)
+                    # the solver finds a real counterexample, or none (band-limited)
+                    left = time_limit - (time.perf_counter() - start)
+                    if exact is None and left > 0.01:
+                        exact = _encode(network, ibp, lower, upper, b, max_binaries, rounding=False)[0]
+                    if exact is not None and left > 0.01:
+                        found, point = _solve(exact, cols, obj[cols], base, left)
+                        if found == "infeasible":
+                            result.band_limited.add((b, int(s)))
+                        elif point is not None and _falsified(network, lower, upper, b, inputs, point, c_row, result, s):
+                            state = "falsified"
             if proved is not None:
                 lb[b, s] = max(float(lb[b, s]), proved / T)
             status[b][s] = state
