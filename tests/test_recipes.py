@@ -339,12 +339,13 @@ def test_recipes_hold_the_paper_settings():
 def test_profile_overrides_apply_per_recipe():
     quick = PROFILES["quick"]
     conv = quick.for_recipe(RECIPES["mnist-conv"])
-    assert conv.n_test == 100 and conv.n_train == 5000 and conv.natural["epochs"] == 3 and conv.natural["lr"] == 0.001
+    assert conv.n_test == 100 and conv.n_train is None and conv.natural["epochs"] == 2 and conv.natural["lr"] == 2e-3
+    assert conv.natural["optimizer"] == "adam" and conv.robust["epochs"] == 1
     nm = quick.for_recipe(RECIPES["nmnist-fc"])
     assert nm.natural["epochs"] == 20 and nm.natural["lr_milestones"] == () and nm.n_test == 300
     fm = quick.for_recipe(RECIPES["fmnist-fc"])
     assert fm.natural["epochs"] == 5 and quick.for_recipe(RECIPES["mnist-fc"]).natural["epochs"] == 3
-    assert quick.for_recipe(RECIPES["fmnist-conv"]).natural["epochs"] == 3   # CONV overrides Fashion-MNIST
+    assert quick.for_recipe(RECIPES["fmnist-conv"]).natural["epochs"] == 2   # CONV overrides Fashion-MNIST
 
 
 def test_unknown_names_are_explained():
