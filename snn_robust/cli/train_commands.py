@@ -44,7 +44,9 @@ def _cmd_robust_train(args: argparse.Namespace) -> int:
     net, info = load_model_arg(args.model, device)
     out = out_file(args.out)
     train = load_train_set(info["dataset"], args.train_samples, data_root(args), args.verify_data)
-    over: dict[str, Any] = {"seed": args.seed, "bound_steps": args.tprime}
+    over: dict[str, Any] = {"seed": args.seed}
+    if args.tprime is not None:  # else the settings' own T' (paper 3, quick 5)
+        over["bound_steps"] = args.tprime
     for name in ("epochs", "lr", "method", "batch_size", "ramp_epochs", "hold_epochs"):
         value = getattr(args, name)
         if value is not None:
@@ -113,7 +115,8 @@ def add_robust_train(subparsers: Any) -> None:
     p.add_argument("--eps", required=True, type=eps_type, help="final training eps in [0, 1] (paper MNIST: 0.12)")
     p.add_argument("--out", required=True, metavar="FILE", help="model file to write")
     p.add_argument("--settings", choices=("paper", "quick"), default="paper", help="training settings (default: paper)")
-    p.add_argument("--tprime", type=positive_int, default=3, metavar="T'", help="time steps of the bounds (default: 3)")
+    p.add_argument("--tprime", type=positive_int, default=None, metavar="T'",
+                   help="time steps of the training bounds (default: 3 for paper, 5 for quick)")
     p.add_argument("--method", choices=METHODS, default=None, metavar="METHOD",
                    help="training bound: %(choices)s (default: crown-ibp for paper, ibp for quick)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: ramp + hold)")
