@@ -23,7 +23,8 @@ The ``milp`` row is computed as ``compute_bounds(method="milp")`` computes it (`
 then :func:`~snn_robust.bounds.milp.milp_verify` on the rows it leaves unverified, with
 ``--milp-time`` seconds and ``--milp-binaries`` binaries per sample), called directly so that
 the row also reports the samples the MILP falsified (a real counterexample in the box),
-left undecided (time-out) or skipped (over the binary cap), and the time per sample.
+left undecided (time-out, or only counterexamples inside the rounding band: ``band_limited``)
+or skipped (over the binary cap), and the time per sample.
 
 ``--box-attack N`` also searches the input box itself for a margin ``<= 0`` (``N`` random
 corners, then 30 signed-gradient steps through the surrogate, each rounded to a corner):
@@ -93,6 +94,7 @@ def _milp(net, lower, upper, y, time_limit: float, max_binaries: int) -> tuple[t
         "falsified": int(falsified.sum()),
         "skipped_over_cap": int(sum(1 for b in solved if found.binaries[b] < 0)),
         "undecided": int((~verified & ~falsified).sum()),
+        "band_limited": len({b for b, _ in found.band_limited}),
         "milp_seconds_mean": round(sum(seconds) / len(seconds), 2),
         "milp_seconds_median": round(seconds[len(seconds) // 2], 2),
         "milp_seconds_max": round(seconds[-1], 2),

@@ -13,12 +13,14 @@ import torch
 from helpers import neuron, sample_inside, scale_weights
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_bounds_soundness import configs as base_configs
 from torch import nn
 
 import snn_robust as sr
 from snn_robust.bounds import milp as M
 from snn_robust.bounds.api import margin_spec
 from snn_robust.bounds.ibp import s_ibp
+from snn_robust.bounds.milp_encoding import MILPModel, MILPUnsupportedError, encode, milp_supported
 from snn_robust.network import fold_time
 
 try:  # snnTorch's own step loop (the adapter tests'), for the soundness check against it
@@ -26,26 +28,13 @@ try:  # snnTorch's own step loop (the adapter tests'), for the soundness check a
 except (ImportError, pytest.skip.Exception):
     snntorch_run = None
 
-resets = st.sampled_from(["zero", "subtract"])
-firings = st.sampled_from([">", ">="])
-
 
 @st.composite
 def configs(draw):
-    return dict(
-        alpha=draw(st.floats(0.0, 1.0)),
-        th=draw(st.floats(0.05, 1.5)),
-        reset=draw(resets),
-        firing=draw(firings),
-        decay_reset=draw(st.booleans()),
-        per_neuron=draw(st.booleans()),
-        steps=draw(st.integers(1, 4)),
-        eps=draw(st.floats(0.0, 0.5)),
-        gain=draw(st.floats(0.5, 4.0)),
-        dyadic=draw(st.booleans()),
-        depth=draw(st.integers(1, 3)),
-        seed=draw(st.integers(0, 2**31 - 1)),
-    )
+    """The soundness tests' neuron and network draws, at most 4 steps, plus dyadic weights
+    (membranes exactly on the threshold) and the number of LIF layers."""
+    return dict(draw(base_configs()), steps=draw(st.integers(1, 4)), dyadic=draw(st.booleans()),
+                depth=draw(st.integers(1, 3)))
 
 
 def _net(c, n_in: int = 6, width: int = 5, classes: int = 3, coding: str = "spike", conv: bool = False):
@@ -79,7 +68,7 @@ def _net(c, n_in: int = 6, width: int = 5, classes: int = 3, coding: str = "spik
     return net, shape, gen
 
 
-def _trajectory(net: sr.SpikingNetwork, model: M._Model, x: torch.Tensor) -> np.ndarray:
+def _trajectory(net: sr.SpikingNetwork, model: MILPModel, x: torch.Tensor) -> np.ndarray:
     """The values that the forward pass of one input ``[T, 1, ...]`` gives the encoding's
     variables (its inputs, membranes, spikes and reset products)."""
     h, mems, trains = x, [], []
@@ -102,7 +91,7 @@ def _trajectory(net: sr.SpikingNetwork, model: M._Model, x: torch.Tensor) -> np.
     return values
 
 
-def _assert_feasible(model: M._Model, values: np.ndarray) -> None:
+def _assert_feasible(model: MILPModel, values: np.ndarray) -> None:
     lo, hi = np.array(model.lo), np.array(model.hi)
     assert ((values >= lo) & (values <= hi)).all(), "a forward value outside its variable's bounds"
     if not model.row_lo:
@@ -139,7 +128,7 @@ def test_every_forward_trajectory_is_a_feasible_point(c, coding, conv):
     with torch.no_grad():
         ibp = s_ibp(net, lower, upper)
     for b in range(2):
-        model, _, _ = M._encode(net, ibp, lower, upper, b, 10**6)
+        model, _, _ = encode(net, ibp, lower, upper, b, 10**6)
         for x in sample_inside(lower[:, b:b + 1], upper[:, b:b + 1], 15, gen, coding == "spike"):
             _assert_feasible(model, _trajectory(net, model, x))
             _assert_feasible(model, _trajectory(exact, model, x.double()))
@@ -297,9 +286,9 @@ def test_unsupported_networks_are_refused_by_name_and_skipped_by_best():
     gen = torch.Generator().manual_seed(0)
     lower, upper = sr.DigitalLinf(0.3).bounds(torch.rand(2, 1, 8, 8, generator=gen), 2, gen)
     labels = torch.tensor([0, 1])
-    with pytest.raises(M.MILPUnsupportedError, match=r"layer 1 \(MaxPool2d\)|MaxPool2d"):
+    with pytest.raises(MILPUnsupportedError, match=r"layer 1 \(MaxPool2d\)|MaxPool2d"):
         M.milp_verify(net, lower, upper, margin_spec(labels, 3))
-    assert "MaxPool2d" in M.milp_supported(net)
+    assert "MaxPool2d" in milp_supported(net)
     with torch.no_grad():
         assert torch.equal(sr.compute_bounds(net, lower, upper, labels, method="milp"),
                            sr.compute_bounds(net, lower, upper, labels, method="crown-ibp"))

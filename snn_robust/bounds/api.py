@@ -81,7 +81,7 @@ def _milp(network: SpikingNetwork, ibp: IBPResult, lower: Tensor, upper: Tensor,
     if milp_supported(network) is not None:
         return prior.detach()
     with torch.no_grad():
-        found = milp_verify(network, lower, upper, spec, prior=prior, ibp=ibp)
+        found = milp_verify(network, lower, upper, spec, prior=prior, ibp=ibp, falsify=False)
     return found.lower.to(device=prior.device, dtype=prior.dtype)
 
 
