@@ -114,8 +114,8 @@ def _replay(network: SpikingNetwork, lower: Tensor, upper: Tensor, b: int, input
     for t in range(T):
         if len(inputs.var_idx[t]) == 0:
             continue
-        idx = torch.as_tensor(inputs.var_idx[t])
-        val = torch.as_tensor(solution[inputs.var_ids[t]], dtype=x.dtype)
+        idx = torch.as_tensor(inputs.var_idx[t], device=x.device)
+        val = torch.as_tensor(solution[inputs.var_ids[t]], dtype=x.dtype, device=x.device)
         if network.input_coding == "spike":
             val = (val > 0.5).to(x.dtype)
         x[t, idx] = torch.minimum(torch.maximum(val, x[t, idx]), hi[t, idx])
@@ -139,7 +139,7 @@ def box_search(
     def check(z: Tensor) -> None:
         with torch.no_grad():
             bad = (spec * network(z).unsqueeze(1)).sum(-1).cpu() <= 0
-            for s, samples in enumerate((bad & ~found).t()):
+            for s, samples in enumerate((bad & ~found).t().to(z.device)):
                 best[s][:, samples] = z[:, samples]
             found.logical_or_(bad)
 
