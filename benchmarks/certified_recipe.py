@@ -124,6 +124,9 @@ VARIANTS.update({
     "tp5-reg0.1": dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0),
     "tp5-reg0.1-w.6": dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0, clean_weight=0.6, bound_weight=0.4),
     "tp5-reg0.1-lr2e-3": dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0, lr=2e-3),
+    # on top of the session-3 default (library regulariser): the certified weight ramps from 0.6 to 1.0
+    # along the eps ramp (the clean weight from 0.4 to 0; RobustTrainingStep's kappa schedule)
+    "cw-ramp1": dict(clean_weight=0.0, bound_weight=1.0, clean_weight_start=0.4),
 })
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
