@@ -11,8 +11,8 @@ Profiles:
   full training set (SGD lr 0.01 -> 0.001 at epoch 55, momentum 0.9, batch 128), 300 robust
   epochs (SGD lr 5e-4, clip 0.25, CROWN-IBP at T' = 3, eps ramped over 250 epochs, held 50),
   300 test samples, 3 seeds, 20 attack iterations. For a GPU.
-* ``quick``: a CPU budget (mnist-fc measured on the shared 2-core CPU: 7 minutes at load
-  average 2-3, 25 at load 9-10; docs/reproduction.md). What is reduced is listed
+* ``quick``: a CPU budget (mnist-fc measured on the shared 2-core CPU with the session-3
+  defaults: 8 minutes at load average 1-3.6, 17 at load 3-5.5; docs/reproduction.md). What is reduced is listed
   in :data:`QUICK_REDUCTIONS` (and written to results.json / results.md).
 * ``smoke``: the whole pipeline on tiny subsets in seconds; for tests and CI only, its numbers
   mean nothing.
