@@ -289,7 +289,7 @@ PROFILES: dict[str, Profile] = {
         # benchmarks/certified_recipe.py (docs/results.md section 4): a cosine lr, training at
         # 1.5x or 2x the certified eps, a bound-logit scale of 5 or a clean-weight (kappa) ramp
         # from 1 all did worse. Since session 3 (section 8) quick_robust trains at T' = 5 with
-        # the unstable-neuron regulariser at 0.1 (+3 points verified, -2.5 attack error, 2 seeds).
+        # the unstable-neuron regulariser at 0.1 (+1.7 points verified, -1.4 attack error, 3 seeds).
         robust={"epochs": 2, "ramp_epochs": 0.6, "hold_epochs": 1.4},
         robust_base="quick_robust",
         seeds=(0, 1, 2), attack_seeds=(0,), certify_seeds=(0,), certify_samples=100, attack_iters=10, eot_samples=2,
