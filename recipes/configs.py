@@ -250,7 +250,7 @@ class Profile:
 #: What the quick profile reduces, relative to the paper (also written to results.md).
 QUICK_REDUCTIONS: tuple[str, ...] = (
     "natural training: Adam lr 2e-3 with a one-cycle schedule (warm-up 0.1 epoch, cosine to 0), batch 128, "
-    "3 epochs on all 60000 images (Fashion-MNIST: 5 epochs) instead of the paper's SGD for 80 epochs "
+    "3 epochs on all 60000 images (Fashion-MNIST: 8 epochs) instead of the paper's SGD for 80 epochs "
     "(CONV: 2 epochs; N-MNIST: SGD lr 0.01 without decay, the 1000 training recordings of the shared real subset, 20 epochs)",
     "robust training: TrainConfig.quick_robust, i.e. the IBP bound as the training bound at T' = 5 with the "
     "unstable-neuron regulariser (weight 0.1; N-MNIST: T' = 3, no regulariser), constant Adam lr 1e-3, "
@@ -313,7 +313,9 @@ PROFILES: dict[str, Profile] = {
               # first 500 test images, docs/results.md section 9): clean 93.2 %, verified 58.2 %
               # (S-IBP, T' = 3, eps 0.12), EOT-PGD error 32.4 % at eps 0.19 (natural: 92.4 %)
               "robust": {"epochs": 1, "ramp_epochs": 0.4, "hold_epochs": 0.6}},
-        fmnist={"natural": {"epochs": 5}},
+        # Fashion-MNIST-FC, 8 epochs: 86.05 % on the first 2000 test images (5 epochs: 85.8 %;
+        # docs/results.md section 9); its CONV recipe takes the conv entry's 2 epochs
+        fmnist={"natural": {"epochs": 8}},
         nmnist={"natural": {**_SGD_CONSTANT, "epochs": 20}, "robust": {"epochs": 20, "ramp_epochs": 4.0, "hold_epochs": 16.0,
                                                                       "bound_steps": 3, "unstable_weight": 0.0}},
         reductions=QUICK_REDUCTIONS,

@@ -344,7 +344,7 @@ def test_profile_overrides_apply_per_recipe():
     nm = quick.for_recipe(RECIPES["nmnist-fc"])
     assert nm.natural["epochs"] == 20 and nm.natural["lr_milestones"] == () and nm.n_test == 300
     fm = quick.for_recipe(RECIPES["fmnist-fc"])
-    assert fm.natural["epochs"] == 5 and quick.for_recipe(RECIPES["mnist-fc"]).natural["epochs"] == 3
+    assert fm.natural["epochs"] == 8 and quick.for_recipe(RECIPES["mnist-fc"]).natural["epochs"] == 3
     assert quick.for_recipe(RECIPES["fmnist-conv"]).natural["epochs"] == 2   # CONV overrides Fashion-MNIST
 
 
