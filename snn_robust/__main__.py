@@ -12,15 +12,24 @@ import sys
 from snn_robust.cli import main
 
 
+def _leave_process_group(code: int) -> None:
+    """Leave a process group the command joined (under torchrun); without one, nothing."""
+    if "torch.distributed" not in sys.modules:
+        return
+    from snn_robust import distributed
+
+    if distributed.is_initialized():
+        distributed.shutdown(synchronize=code == 0, exit_code=code if code == 0 else None)
+
+
 def _run() -> int:
     try:
-        return main()
-    finally:
-        # leave a process group the command joined (under torchrun), so that exit is clean
-        if "torch.distributed" in sys.modules:
-            from snn_robust import distributed
-
-            distributed.shutdown()
+        code = main()
+    except BaseException:
+        _leave_process_group(1)  # no barrier: the other ranks may never get there
+        raise
+    _leave_process_group(code)
+    return code
 
 
 if __name__ == "__main__":

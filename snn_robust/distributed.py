@@ -97,10 +97,36 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group (if one is up)."""
+def shutdown(*, synchronize: bool = False, exit_code: int | None = None) -> None:
+    """Leave the process group (if one is up).
+
+    ``synchronize``: first wait until every rank gets here, so that no rank tears down its
+    connections while another still works (rank 0 writing the model file). Use it only where
+    every rank is known to arrive (a command that succeeded): after an error it would wait for
+    ranks that never come.
+
+    ``exit_code``: then end the process at once with this code, after flushing the standard
+    streams and the logging handlers, skipping the interpreter's finalization. Gloo's worker
+    threads can still hold work objects whose tensors reference Python objects after the
+    group is destroyed; freeing them while the interpreter is torn down calls
+    ``std::terminate`` ("terminate called without an active exception", SIGABRT), which
+    torchrun reports as a failed job although every file was written. For command-line
+    entry points only: a library caller keeps its own process."""
     if is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
+    if exit_code is not None:
+        import logging
+        import sys
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or broken pipe: nothing left to save
+                pass
+        os._exit(exit_code)
 
 
 def barrier() -> None:

@@ -138,8 +138,12 @@ def worker(rank: int, world: int, port: int, out: str, kill_at: int | None) -> N
         error = distributed.combine_errors(clean_error(net, distributed.shard((x, y)), coding="direct", progress=False))
         torch.save({"weights": weights(net), "history": result.history, "step": result.step, "error": error.to_dict()},
                    Path(out) / f"out{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # as the command line ends under torchrun: without it, a rank that leaves first can abort
+    # in the interpreter's finalization (gloo, torch 2.14: SIGABRT after every file is written)
+    distributed.shutdown(synchronize=True, exit_code=0)
 
 
 def spawn(world: int, out: Path, *, kill_at: int | None = None) -> None:
@@ -238,3 +242,31 @@ def test_torchrun_trains_with_the_cli_on_two_processes(tmp_path):
     assert done.stdout.count("saved ") == 1  # rank 0 alone reports
     ck = load_checkpoint(tmp_path / "fc_run" / "last.pt")
     assert len(ck["ranks"]) == 2 and ck["step"] == 4 and out.exists()
+
+
+SHUTDOWN_SCRIPT = """
+import logging, sys, tempfile, torch.distributed as dist
+from snn_robust import distributed
+dist.init_process_group("gloo", init_method="file://" + tempfile.mkdtemp() + "/store", rank=0, world_size=1)
+logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+print("written before the exit", end="")   # no newline: only a flush gets it out
+logging.getLogger("x").info("logged before the exit")
+distributed.shutdown(synchronize=True, exit_code=int(sys.argv[1]))
+print("never reached")
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_shutdown_leaves_the_group_flushes_and_exits_with_the_code(code):
+    # the command-line exit under torchrun: leave the group, flush, skip finalization
+    done = subprocess.run([sys.executable, "-c", SHUTDOWN_SCRIPT, str(code)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stdout == "written before the exit"
+    assert "logged before the exit" in done.stderr
+
+
+def test_shutdown_without_a_group_and_without_an_exit_code_does_nothing():
+    assert not distributed.is_initialized()
+    distributed.shutdown(synchronize=True)  # returns: no group to leave, no exit asked
+    assert not distributed.is_initialized()
