@@ -310,3 +310,30 @@ def test_limits_fall_back_to_the_prior_bound():
     with pytest.raises(ValueError, match="time_limit"):
         with M.milp_limits(time_limit=0):
             pass
+
+
+def test_milp_verify_refuses_bad_input_by_name():
+    c = dict(alpha=0.5, th=0.3, reset="zero", firing=">", decay_reset=False, per_neuron=False, steps=3, eps=0.4,
+             gain=2.0, dyadic=False, depth=2, seed=1)
+    net, shape, gen = _net(c)
+    lower, upper = _box(c, net, shape, gen, 2, "spike")
+    spec = margin_spec(torch.tensor([0, 1]), 3)
+    nan = lower.clone()
+    nan[0, 0, 0] = float("nan")
+    cases = [
+        ((nan, upper, spec), {}, "NaN"),
+        ((upper, lower, spec), {}, "lower > upper"),
+        ((lower.long(), upper.long(), spec), {}, "floating point"),
+        ((lower[:, :, :-1], upper[:, :, :-1], spec), {}, "cannot take"),
+        ((lower, upper, spec[:1]), {}, r"spec must be a tensor \[B, S, C\] with B = 2"),
+        ((lower, upper, spec), {"prior": torch.zeros(5)}, r"prior must be a tensor \[B, S\]"),
+        ((lower, upper, spec * 0.5), {}, "integer coefficients"),
+        ((lower, upper, spec), {"time_limit": float("nan")}, "time_limit"),
+        ((lower, upper, spec), {"max_binaries": -1}, "max_binaries"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            M.milp_verify(net, *args, **kwargs)
+    with pytest.raises(ValueError, match="max_binaries"):
+        with M.milp_limits(max_binaries=1.5):
+            pass

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..network import SpikingNetwork
+from ..validation import check_all_finite
 from .ibp import IBPResult, s_ibp
 from .milp_encoding import SLACK, MILPModel, MILPUnsupportedError, SpikeLayer, encode, milp_supported
 
@@ -50,6 +51,16 @@ __all__ = [
 _LIMITS = {"time_limit": 1.0, "max_binaries": 2000}
 
 
+def _check_limits(time_limit: float | None, max_binaries: int | None) -> None:
+    # `not x > 0` also refuses NaN
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not time_limit > 0):
+        raise ValueError(f"milp time_limit must be > 0 seconds, got {time_limit!r}")
+    if max_binaries is not None and (isinstance(max_binaries, bool) or not isinstance(max_binaries, int)
+                                     or max_binaries < 0):
+        raise ValueError(f"milp max_binaries must be an integer >= 0, got {max_binaries!r}")
+
+
 @contextmanager
 def milp_limits(time_limit: float | None = None, max_binaries: int | None = None):
     """Within the ``with`` block, :func:`~snn_robust.compute_bounds`'s ``milp`` stage (of
@@ -57,13 +68,10 @@ def milp_limits(time_limit: float | None = None, max_binaries: int | None = None
     rows together; default 1) and the largest number of binaries a sample's encoding may
     have (default 2000; a sample above it keeps the cheaper bound)."""
     previous = dict(_LIMITS)
+    _check_limits(time_limit, max_binaries)
     if time_limit is not None:
-        if not time_limit > 0:
-            raise ValueError(f"milp time_limit must be > 0 seconds, got {time_limit!r}")
         _LIMITS["time_limit"] = float(time_limit)
     if max_binaries is not None:
-        if max_binaries < 0:
-            raise ValueError(f"milp max_binaries must be >= 0, got {max_binaries!r}")
         _LIMITS["max_binaries"] = int(max_binaries)
     try:
         yield dict(_LIMITS)
@@ -203,7 +211,8 @@ def milp_verify(
 ) -> MILPResult:
     """The MILP verifier (module docstring) on ``spec`` rows ``[B, S, C]`` (integer
     coefficients on the output spike counts, e.g. :func:`~snn_robust.bounds.api.margin_spec`)
-    over the input box ``[lower, upper]`` (``[T', B, ...]``, already validated).
+    over the input box ``[lower, upper]`` (``[T', B, ...]``; refused as :func:`~snn_robust.compute_bounds`
+    refuses them: shapes, dtype, device, non-finite or crossed bounds).
 
     ``prior`` (``[B, S]``): sound lower bounds from cheaper methods (rounded to the grid);
     rows with ``prior > 0`` are not solved, and every returned bound is at least ``prior``.
@@ -220,9 +229,21 @@ def milp_verify(
 
     Raises :class:`MILPUnsupportedError` (a ``ValueError``) naming the layer for networks the
     encoding does not cover (:func:`milp_supported`)."""
-    reason = milp_supported(network)
+    from .api import _validate  # api imports this module: a top-level import would be circular
+
+    reason = milp_supported(network) if isinstance(network, SpikingNetwork) else None
     if reason is not None:
         raise MILPUnsupportedError(reason)
+    lower, upper = _validate(network, lower, upper, None, "milp")
+    _check_limits(time_limit, max_binaries)
+    B = lower.shape[1]
+    if not isinstance(spec, Tensor) or spec.dim() != 3 or spec.shape[0] != B or spec.shape[2] < 1:
+        got = tuple(spec.shape) if isinstance(spec, Tensor) else type(spec).__name__
+        raise ValueError(f"milp: spec must be a tensor [B, S, C] with B = {B} (the input bounds' batch), got {got}")
+    if prior is not None and (not isinstance(prior, Tensor) or tuple(prior.shape) != tuple(spec.shape[:2])):
+        got = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
+        raise ValueError(f"milp: prior must be a tensor [B, S] = {tuple(spec.shape[:2])} like spec's rows, got {got}")
+    check_all_finite((("milp spec", spec),) + ((("milp prior", prior),) if prior is not None else ()))
     time_limit = _LIMITS["time_limit"] if time_limit is None else time_limit
     max_binaries = _LIMITS["max_binaries"] if max_binaries is None else max_binaries
     T, B = lower.shape[:2]
