@@ -342,7 +342,8 @@ def test_profile_overrides_apply_per_recipe():
     assert conv.n_test == 100 and conv.n_train is None and conv.natural["epochs"] == 2 and conv.natural["lr"] == 2e-3
     assert conv.natural["optimizer"] == "adam" and conv.robust["epochs"] == 1
     nm = quick.for_recipe(RECIPES["nmnist-fc"])
-    assert nm.natural["epochs"] == 20 and nm.natural["lr_milestones"] == () and nm.n_test == 300
+    assert nm.natural["epochs"] == 80 and nm.natural["lr_milestones"] == () and nm.n_test == 300
+    assert (nm.natural["optimizer"], nm.natural["lr"]) == ("adam", 1e-3)   # Adam 2e-3 did not train on N-MNIST
     fm = quick.for_recipe(RECIPES["fmnist-fc"])
     assert fm.natural["epochs"] == 8 and quick.for_recipe(RECIPES["mnist-fc"]).natural["epochs"] == 3
     assert quick.for_recipe(RECIPES["fmnist-conv"]).natural["epochs"] == 2   # CONV overrides Fashion-MNIST
