@@ -92,7 +92,7 @@ def steps(net: sr.SpikingNetwork, kind: str, batch: int, eps: float, tprime: int
         rates = net(sr.bernoulli_encode(images, 10, gen))
         clean = F.cross_entropy(rates * 10, labels)
         bound = sr.certified_loss(net, images, labels, pert, steps=tprime, method=method, generator=gen,
-                                  fusion=kind == "fused")
+                                  fusion=kind == "fused", unstable_weight=0.0)
         (0.4 * clean + 0.6 * bound).backward()
         opt.step()
 

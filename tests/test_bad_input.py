@@ -216,7 +216,7 @@ def test_empty_batch_certified_loss_same_error(method, kind):
     pert = {"DigitalLinf": sr.DigitalLinf(0.1), "DirectLinf": sr.DirectLinf(0.1), "SpikeL0": sr.SpikeL0(0.1)}[kind]
     x = torch.zeros(3, 0, 1, 4, 4) if kind == "SpikeL0" else torch.zeros(0, 1, 4, 4)
     with pytest.raises(ValueError, match=r"empty batch \(B = 0"):
-        sr.certified_loss(net, x, torch.zeros(0, dtype=torch.long), pert, method=method)
+        sr.certified_loss(net, x, torch.zeros(0, dtype=torch.long), pert, steps=3, method=method)
 
 
 def test_no_time_steps_in_forward_refused():

@@ -63,7 +63,8 @@ def test_penalty_is_positive_exactly_where_a_neuron_is_unstable() -> None:
 def test_gradient_reaches_every_weight() -> None:
     net = trained_net()
     x, y = make_images(32, seed=7)
-    loss_plain = sr.certified_loss(net, x, y, sr.DigitalLinf(0.1), generator=torch.Generator().manual_seed(0))
+    loss_plain = sr.certified_loss(net, x, y, sr.DigitalLinf(0.1), generator=torch.Generator().manual_seed(0),
+                                   unstable_weight=0.0)
     net.zero_grad()
     loss = sr.certified_loss(net, x, y, sr.DigitalLinf(0.1), generator=torch.Generator().manual_seed(0),
                              unstable_weight=1.0)
@@ -84,9 +85,9 @@ def test_certified_loss_adds_weight_times_penalty(reduction: str) -> None:
     net = trained_net()
     x, y = make_images(12, seed=9)
     pert = sr.DigitalLinf(0.08)
-    plain, margins = sr.certified_loss(net, x, y, pert, generator=torch.Generator().manual_seed(1), reduction="none",
-                                       return_margins=True)
-    reg, margins_reg = sr.certified_loss(net, x, y, pert, generator=torch.Generator().manual_seed(1),
+    plain, margins = sr.certified_loss(net, x, y, pert, 3, generator=torch.Generator().manual_seed(1), reduction="none",
+                                       unstable_weight=0.0, return_margins=True)
+    reg, margins_reg = sr.certified_loss(net, x, y, pert, 3, generator=torch.Generator().manual_seed(1),
                                          reduction=reduction, unstable_weight=0.3, return_margins=True)
     lower, upper = pert.bounds(x, 3, torch.Generator().manual_seed(1))
     per_sample = plain + 0.3 * unstable_penalty(net, s_ibp(net, lower, upper))
@@ -156,3 +157,24 @@ def test_quick_defaults_train_fc_at_tprime_5_with_the_regulariser() -> None:
         rob = RecipeRun(RECIPES[name], PROFILES["quick"], "unused").config()["robust_training"]
         assert (rob["bound_steps"], rob["unstable_weight"]) == want, name
     assert sr.TrainConfig.robust(0.12).unstable_weight == 0.0  # the paper's settings: none
+
+
+def test_defaults_are_the_recommended_training_loss() -> None:
+    """certified_loss's and RobustTrainingStep's defaults are the recommended loss of
+    docs/user-guide.md (S-IBP over T' = 5, regulariser 1/6 of the certified loss = 0.1 of the
+    total), the regulariser counted once in the step."""
+    net = trained_net()
+    x, y = make_images(12, seed=4)
+    pert = sr.DigitalLinf(0.08)
+    default = sr.certified_loss(net, x, y, pert, generator=torch.Generator().manual_seed(2))
+    spelled = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), unstable_weight=1 / 6)
+    torch.testing.assert_close(default, spelled)
+    bare = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), unstable_weight=0.0)
+    assert default > bare  # the regulariser is on by default (some neuron is unstable at eps 0.08)
+    step = sr.RobustTrainingStep(pert, 0.08, generator=torch.Generator().manual_seed(5))
+    assert (step.bound_steps, step.method, step.unstable_weight) == (5, "ibp", 0.1)
+    loss, m = step.compute_loss(net, x, y)
+    gen = torch.Generator().manual_seed(5)
+    pert.encode(x, 10, gen)  # the step draws the clean coding first, then the input bounds
+    torch.testing.assert_close(m["bound_loss"], sr.certified_loss(net, x, y, pert, generator=gen, unstable_weight=0.0))
+    torch.testing.assert_close(loss, 0.4 * m["clean_loss"] + 0.6 * m["bound_loss"] + 0.1 * m["unstable_penalty"])

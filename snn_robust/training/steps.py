@@ -203,7 +203,7 @@ class RobustTrainingStep(TrainingStep):
     + bound_weight * CE(bound_scale * -[0, lb], y) + unstable_weight * R``
 
     where the second term is :func:`~snn_robust.certified_loss` (``lb``: the margin lower
-    bounds by ``method``, default CROWN-IBP, over the input bounds
+    bounds by ``method``, default S-IBP, over the input bounds
     ``perturbation.with_eps(eps_schedule(k)).bounds(x, T')``); then backward, clip the
     gradient norm to ``clip_norm``, optimizer step. The coding is drawn from ``generator``
     before the input bounds are.
@@ -212,8 +212,12 @@ class RobustTrainingStep(TrainingStep):
         perturbation: the perturbation set; its own eps is replaced by the schedule's.
         eps_schedule: an :class:`EpsSchedule`, or a number for a constant eps.
         steps: T of the clean forward pass (paper: 10).
-        bound_steps: T' of the bounds (paper: 3), independent of T.
-        method: the training bound, one of :data:`snn_robust.METHODS`.
+        bound_steps: T' of the bounds (paper: 3; default 5), independent of T.
+        method: the training bound, one of :data:`snn_robust.METHODS` (paper: ``"crown-ibp"``;
+            default ``"ibp"``). The defaults of ``bound_steps``, ``method`` and
+            ``unstable_weight`` are :func:`~snn_robust.certified_loss`'s, the recommended
+            training loss (docs/user-guide.md, "Recommended settings");
+            ``TrainConfig.robust`` passes the paper's.
         clean_weight, bound_weight: the loss weights (paper: 0.4, 0.6).
         clean_weight_start: the kappa schedule of CROWN-IBP (Zhang et al. 2020): the clean
             weight moves linearly from this value to ``clean_weight`` along the eps ramp
@@ -223,7 +227,7 @@ class RobustTrainingStep(TrainingStep):
         bound_scale: factor on the bound logits (paper: 1).
         unstable_weight: weight of the unstable-neuron regulariser ``R`` in the loss
             (:func:`~snn_robust.loss.unstable_penalty`, on the bound pass's own S-IBP
-            intervals; 0: none, the paper).
+            intervals; 0: none, the paper; default 0.1).
         clean_loss: see :class:`CleanLoss`.
         clip_norm: gradient-norm clip (paper: 0.25; ``None``: none).
         generator: random source of the coding and of the sampled input bounds.
@@ -240,15 +244,15 @@ class RobustTrainingStep(TrainingStep):
         eps_schedule: EpsSchedule | float,
         *,
         steps: int = 10,
-        bound_steps: int = 3,
-        method: Method = "crown-ibp",
+        bound_steps: int = 5,
+        method: Method = "ibp",
         clean_weight: float = 0.4,
         bound_weight: float = 0.6,
         bound_scale: float = 1.0,
         clean_loss: CleanLoss = CleanLoss(),
         clip_norm: float | None = 0.25,
         clean_weight_start: float | None = None,
-        unstable_weight: float = 0.0,
+        unstable_weight: float = 0.1,
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(perturbation, Perturbation):  # a bare coding has no bounds to train against
@@ -282,6 +286,7 @@ class RobustTrainingStep(TrainingStep):
         passes: list[IBPResult] = []
         bound, margins = certified_loss(net, x, labels, self.perturbation.with_eps(eps), self.bound_steps, self.method,
                                         self.generator, bound_scale=self.bound_scale, return_margins=True,
+                                        unstable_weight=0.0,  # added below, on its own, as a metric too
                                         ibp_sink=passes if self.unstable_weight else None)
         metrics["bound_loss"] = bound.detach()
         metrics["verified"] = (margins.detach() > 0).all(dim=1).float().mean()
