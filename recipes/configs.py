@@ -301,7 +301,9 @@ PROFILES: dict[str, Profile] = {
         # docs/results.md section 9): 99.0 % (1 epoch at Adam 1e-3: 97.85 %; the earlier SGD lr
         # 0.001, 3 epochs on 5000 images: 88.7 %; SGD lr 0.01 silenced the network within 15
         # steps). 938 natural steps, about 1.5 s each on an idle core; so the robust phase is 1
-        # epoch (469 steps).
+        # epoch (469 steps). The whole quick mnist-conv recipe, measured 2026-11-26
+        # (docs/results.md section 11): 76.7 min at load average about 4, about 51 min of CPU
+        # (natural 1.42 s, robust 2.84 s per step), i.e. about 6 min over issue 11's 45.
         conv={"n_train": None, "n_test": 100, "attack_iters": 5, "eot_samples": 1, "search_samples": 50, "certify_samples": 25,
               # MNIST-CONV (random weights), 20 maps on 25 samples: crown-ibp 24 s per model, S-IBP 3.5 s
               "coding_maps": 20, "ball_method": "ibp",
