@@ -20,12 +20,16 @@ no-op returning the one-process answer when ``torch.distributed`` is not initial
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sys
 from typing import Any, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from .validation import check_int
 
 __all__ = [
     "average_gradients",
@@ -112,14 +116,13 @@ def shutdown(*, synchronize: bool = False, exit_code: int | None = None) -> None
     ``std::terminate`` ("terminate called without an active exception", SIGABRT), which
     torchrun reports as a failed job although every file was written. For command-line
     entry points only: a library caller keeps its own process."""
+    if exit_code is not None:  # refused before the group is left: a bad code must not end the job half-done
+        check_int("shutdown: exit_code", exit_code)
     if is_initialized():
         if synchronize:
             dist.barrier()
         dist.destroy_process_group()
     if exit_code is not None:
-        import logging
-        import sys
-
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:

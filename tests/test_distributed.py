@@ -270,3 +270,9 @@ def test_shutdown_without_a_group_and_without_an_exit_code_does_nothing():
     assert not distributed.is_initialized()
     distributed.shutdown(synchronize=True)  # returns: no group to leave, no exit asked
     assert not distributed.is_initialized()
+
+
+@pytest.mark.parametrize("code", [-1, 1.0, "0", True])
+def test_shutdown_refuses_a_bad_exit_code_before_doing_anything(code):
+    with pytest.raises(ValueError, match="exit_code must be a non-negative int"):
+        distributed.shutdown(exit_code=code)

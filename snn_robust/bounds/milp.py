@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..network import SpikingNetwork
-from ..validation import check_all_finite
+from ..validation import check_all_finite, check_int
 from .ibp import IBPResult, s_ibp
 from .milp_encoding import SLACK, MILPModel, MILPUnsupportedError, SpikeLayer, encode, milp_supported
 
@@ -52,13 +52,12 @@ _LIMITS = {"time_limit": 1.0, "max_binaries": 2000}
 
 
 def _check_limits(time_limit: float | None, max_binaries: int | None) -> None:
-    # `not x > 0` also refuses NaN
+    # `not x > 0` also refuses NaN; infinity stays allowed (no time limit)
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
                                    or not time_limit > 0):
         raise ValueError(f"milp time_limit must be > 0 seconds, got {time_limit!r}")
-    if max_binaries is not None and (isinstance(max_binaries, bool) or not isinstance(max_binaries, int)
-                                     or max_binaries < 0):
-        raise ValueError(f"milp max_binaries must be an integer >= 0, got {max_binaries!r}")
+    if max_binaries is not None:
+        check_int("milp max_binaries", max_binaries)
 
 
 @contextmanager
@@ -236,7 +235,7 @@ def milp_verify(
         raise MILPUnsupportedError(reason)
     lower, upper = _validate(network, lower, upper, None, "milp")
     _check_limits(time_limit, max_binaries)
-    B = lower.shape[1]
+    T, B = lower.shape[:2]
     if not isinstance(spec, Tensor) or spec.dim() != 3 or spec.shape[0] != B or spec.shape[2] < 1:
         got = tuple(spec.shape) if isinstance(spec, Tensor) else type(spec).__name__
         raise ValueError(f"milp: spec must be a tensor [B, S, C] with B = {B} (the input bounds' batch), got {got}")
@@ -246,7 +245,6 @@ def milp_verify(
     check_all_finite((("milp spec", spec),) + ((("milp prior", prior),) if prior is not None else ()))
     time_limit = _LIMITS["time_limit"] if time_limit is None else time_limit
     max_binaries = _LIMITS["max_binaries"] if max_binaries is None else max_binaries
-    T, B = lower.shape[:2]
     S = spec.shape[1]
     spec_np = spec.detach().double().cpu().numpy()
     if not np.array_equal(spec_np, np.round(spec_np)):
