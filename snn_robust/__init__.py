@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "from_snntorch": "adapters", "from_spikingjelly": "adapters",
     "EOTPGD": "attacks", "GreedyFlip": "attacks", "SpikeCompatibleAttack": "attacks",
     "SpikeCompatibleDigitalAttack": "attacks",
-    "METHODS": "bounds", "compute_bounds": "bounds", "margin_spec": "bounds",
+    "METHODS": "bounds", "compute_bounds": "bounds", "margin_spec": "bounds", "use_ieee_float32": "bounds",
     "CodingCertificate": "certificates", "certify_over_codings": "certificates",
     "DirectCoding": "coding", "RateCoding": "coding", "SpikeFrames": "coding", "bernoulli_encode": "coding",
     "clopper_pearson_lower": "certificates", "event_l0_bounds": "certificates",
@@ -75,6 +75,7 @@ __all__ = [
     "from_snntorch",
     "from_spikingjelly",
     "margin_spec",
+    "use_ieee_float32",
 ]
 
 

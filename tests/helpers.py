@@ -30,9 +30,9 @@ def sample_inside(lower: torch.Tensor, upper: torch.Tensor, n: int, gen: torch.G
     yield upper
     for _ in range(n):
         if binary:
-            yield torch.where(torch.rand(lower.shape, generator=gen) < 0.5, lower, upper)
+            yield torch.where(torch.rand(lower.shape, generator=gen).to(lower.device) < 0.5, lower, upper)
         else:
-            w = torch.rand(lower.shape, generator=gen)
+            w = torch.rand(lower.shape, generator=gen).to(lower.device)  # a CPU generator drives GPU boxes too
             yield lower + w * (upper - lower)
 
 

@@ -347,6 +347,36 @@ def test_cupy_backed_model_trains_with_the_certified_loss():
     assert any(bool(g.abs().sum() > 0) for g in grads)
 
 
+@pytest.mark.skipif(not (LEGACY and torch.cuda.is_available()), reason="needs SpikingJelly 0.0.0.0.14 and CUDA")
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_cupy_backend_on_gpu_matches_and_is_sound(v_reset, monkeypatch):
+    """On a GPU, with SpikingJelly's own CuPy kernels running (0.0.0.0.14 runs them in
+    training mode): the twin's spikes equal SpikingJelly's, and every bound holds for
+    SpikingJelly's CuPy forward on inputs sampled inside the box."""
+    pytest.importorskip("cupy")
+    import numpy as np
+
+    # 0.0.0.0.14's kernel launcher reads np.int, removed in NumPy 1.24 (seen on an H200 with
+    # NumPy 2.5): the shim users of that release need too (docs/adapters.md).
+    monkeypatch.setattr(np, "int", int, raising=False)
+    cfg = dict(arch="fc", kind="LIF", mode="m", wrap="sj", v_reset=v_reset, decay_input=False, tau=2.0, th=1.0, exact=True, steps=6, seed=8)
+    model, x, gen = make(cfg)
+    model = model.cuda()
+    for m in model.modules():
+        if isinstance(m, NODE_TYPES):
+            m.backend = "cupy"  # the real setter: CuPy imports on this machine
+            m.train()
+    x = x.cuda()
+    net = sr.from_spikingjelly(model)
+    rates, trains = sj_run(model, x, "m")
+    ours = net.simulate(x)
+    for k, (a, b) in enumerate(zip(trains, ours, strict=True)):
+        assert a.is_cuda and torch.equal(a, b), f"layer {k}: {int((a != b).sum())} spikes differ"
+    lower, upper = input_box(x.cpu(), unstable=2, gen=gen)
+    labels = torch.randint(0, rates.shape[1], (x.shape[1],), generator=gen).cuda()
+    assert_sound(rates_of(model, "m"), net, lower.cuda(), upper.cuda(), labels, samples=30, gen=gen)
+
+
 # -- refusals -------------------------------------------------------------------------------
 class NotSequential(nn.Module):
     def __init__(self):

@@ -14,8 +14,9 @@ from .api import METHODS, compute_bounds, margin_spec
 from .crown import s_crown
 from .ibp import IBPResult, s_ibp
 from .milp import MILPResult, milp_limits, milp_verify
+from .rounding import use_ieee_float32
 
 __all__ = [
     "METHODS", "compute_bounds", "margin_spec", "s_crown", "s_ibp", "IBPResult", "MILPResult", "milp_limits",
-    "milp_verify",
+    "milp_verify", "use_ieee_float32",
 ]

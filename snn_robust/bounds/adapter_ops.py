@@ -105,7 +105,7 @@ class BoundBatchNorm(BoundOp):
             beta = bn.bias.abs() if bn.bias is not None else torch.zeros_like(a)
             a, mean, beta = (self._per_channel(v.detach().abs(), l, 1) for v in (a, mean, beta))
             x = torch.maximum(l.abs(), u.abs())
-            err = accumulation_error(a * (x + mean) + beta, 8, unit_roundoff(x.dtype, x.device))
+            err = accumulation_error(a * (x + mean) + beta, 8, unit_roundoff(x.dtype))
             if point_outputs_exact() and not self.module.uses_batch_stats():
                 err = err * (l != u)
             return err

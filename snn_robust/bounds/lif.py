@@ -242,7 +242,7 @@ def ibp_recurrence(
     each): other sound membrane bounds (full S-CROWN's), intersected with each step's
     interval before its carry is taken."""
     T, B = spl.shape[:2]
-    u = unit_roundoff(spl.dtype, spl.device)
+    u = unit_roundoff(spl.dtype)  # the charge is elementwise: IEEE on every device, TF32 or not
     fused = kernels.fused_ibp_recurrence(spl, spu, alpha, scale, th, kappa, reset.name, charge, sp_err, u, clip)
     if fused is not None:  # the CUDA kernel of this loop (snn_robust.kernels), where it applies
         return fused
@@ -309,7 +309,8 @@ def crown_recurrence(
     carry_pos = any(lines is not None and lines.diff is not None for lines in carry)
     for t in reversed(range(T)):
         lam_s = A[t] if carry_s is None else A[t] + carry_s
-        pos = lam_s.clamp(min=0) if fire_pos else None
+        # relu, not clamp: its gradient at 0 is the same in every torch release (relaxations.reset_interval)
+        pos = torch.relu(lam_s) if fire_pos else None
         lam_m = _select(lam_s, pos, *fire_slope.at(t))
         bias = bias + _bias(lam_s, pos, *fire_const.vec(t))
         if carry_m is not None:
@@ -321,7 +322,7 @@ def crown_recurrence(
         lam_sp[t] = lam_m if scale is None else lam_m * scale
         if t == 0:
             break
-        pos_m = lam_m.clamp(min=0) if carry_pos else None
+        pos_m = torch.relu(lam_m) if carry_pos else None
         carry_m = _select(lam_m, pos_m, *carry.m.at(t - 1))
         carry_s = _select(lam_m, pos_m, *carry.s.at(t - 1))
         if carry.const is not None:

@@ -154,7 +154,8 @@ def box_search(
     check(upper)
     width = upper - lower
     for _ in range(tries):
-        check(lower + width * (torch.rand(lower.shape, generator=gen) < torch.rand(1, generator=gen)).to(lower.dtype))
+        corner = torch.rand(lower.shape, generator=gen) < torch.rand(1, generator=gen)  # gen is a CPU generator
+        check(lower + width * corner.to(lower.device, lower.dtype))
     z = ((lower + upper) / 2).requires_grad_(True)
     for _ in range(steps):
         margins = (spec * network(z).unsqueeze(1)).sum(-1)

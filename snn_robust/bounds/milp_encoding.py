@@ -252,7 +252,7 @@ def _encode_stage(model: MILPModel, stage: BoundStage, k: int, ibp: IBPResult, b
         # the band: the layer's float output against the exact sum of its float weights times
         # the inputs, in any order (Higham 3.5: gamma_{n+1} (|W| |x| + |b|), n the inputs that
         # can be nonzero, one more term for an average pool's division), then the charge's
-        u = unit_roundoff(l_in.dtype)
+        u = unit_roundoff(l_in.dtype, l_in.device, op.rounding_op)
         x_abs = torch.maximum(l_in[sample].abs(), u_in[sample].abs())
         sp_abs = op.abs_linear(x_abs)
         sp_abs = sp_abs + op.abs_bias(sp_abs)

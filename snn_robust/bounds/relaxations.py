@@ -137,10 +137,10 @@ def reset_interval(ml: Tensor, mu: Tensor, st: Stability) -> tuple[Tensor, Tenso
     ``min(mu, th_hi)`` is never looser).
     """
     zero = torch.zeros_like(ml)
-    zl = torch.where(st.silent, ml, torch.where(st.fires, zero, torch.clamp(ml, max=0.0)))
-    zu = torch.where(
-        st.silent, mu, torch.where(st.fires, zero, torch.clamp(torch.minimum(mu, st.th_hi), min=0.0))
-    )
+    # relu, not clamp: torch changed clamp's gradient at the clamp point between releases
+    # (2.11 passes it, 2.14 does not); relu's is 0 there in all of them, as in the CUDA kernel.
+    zl = torch.where(st.silent, ml, torch.where(st.fires, zero, -torch.relu(-ml)))
+    zu = torch.where(st.silent, mu, torch.where(st.fires, zero, torch.relu(torch.minimum(mu, st.th_hi))))
     return zl, zu
 
 

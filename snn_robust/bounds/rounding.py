@@ -50,9 +50,15 @@ the same modules, possibly with another batch size). :func:`set_error_model` wit
 
 **Assumptions.** IEEE arithmetic in the tensors' dtype with round-to-nearest. TF32 (on
 for convolutions by default on NVIDIA GPUs) and Winograd/FFT convolutions break the
-componentwise bound: when the bound itself runs on CUDA with TF32 allowed, ``u`` is
-TF32's ``2^-11``; a framework forward on a GPU must run with TF32 off
-(``torch.backends.cudnn.allow_tf32 = False``) for the certificate to cover it.
+componentwise bound: when the bound itself runs on CUDA with TF32 allowed *for that kind of
+op*, ``u`` is TF32's ``2^-11`` for that op (:func:`unit_roundoff`'s ``op``): cuDNN's switch
+``torch.backends.cudnn.allow_tf32`` (on by default) concerns convolutions, the matrix
+product's ``torch.backends.cuda.matmul.allow_tf32`` (off by default) linear layers, and
+elementwise arithmetic (the LIF recurrence, batch norm) is IEEE float32 on every device.
+TF32's ``u`` makes the bounds of wide layers useless (``gamma_788 ~ 0.6`` for a 784-input
+layer), so train and certify on a GPU with TF32 off (the recipes and the command line switch
+it off on CUDA); a framework forward on a GPU must run with TF32 off too for the
+certificate to cover it.
 
 **The output grid.** Output rates are spike counts over ``T'``, so every specification
 row with integer coefficients (the margins ``e_y - e_j``, the rates ``+-e_i``) has its true
@@ -70,11 +76,14 @@ a proof for the S-CROWN arithmetic
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
 __all__ = [
-    "ERROR_MODELS", "set_error_model", "point_outputs_exact", "unit_roundoff", "gamma", "accumulation_error",
+    "ERROR_MODELS", "set_error_model", "point_outputs_exact", "ROUNDING_OPS", "tf32_allowed", "use_ieee_float32",
+    "unit_roundoff", "gamma", "accumulation_error",
     "charge_error", "grid_tolerance", "round_to_grid",
 ]
 
@@ -96,12 +105,46 @@ def point_outputs_exact() -> bool:
     return _model == "same-kernel"
 
 
-def unit_roundoff(dtype: torch.dtype, device: torch.device | None = None) -> float:
-    """``u`` of ``dtype`` (half the machine epsilon); TF32's when CUDA may use it."""
+#: The kinds of op :func:`unit_roundoff` tells apart: which torch switch may run them in TF32.
+ROUNDING_OPS = ("elementwise", "matmul", "conv")
+
+
+def tf32_allowed(op: str) -> bool:
+    """Whether CUDA may run a float32 ``op`` (:data:`ROUNDING_OPS`) in TF32 now: ``matmul``
+    (linear layers) under ``torch.backends.cuda.matmul.allow_tf32`` (set by
+    ``torch.set_float32_matmul_precision``), ``conv`` under cuDNN's
+    ``torch.backends.cudnn.allow_tf32`` (on by default); elementwise arithmetic never."""
+    if op == "matmul":
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    if op == "conv":
+        return bool(torch.backends.cudnn.allow_tf32)
+    if op == "elementwise":
+        return False
+    raise ValueError(f"op must be one of {ROUNDING_OPS}, got {op!r}")
+
+
+def use_ieee_float32() -> None:
+    """Switch TF32 off, process-wide, for CUDA matrix products and cuDNN convolutions, so
+    float32 runs in IEEE arithmetic there and the bounds use float32's unit roundoff rather
+    than TF32's (module docstring). The command line does this on CUDA."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def unit_roundoff(dtype: torch.dtype, device: torch.device | None = None, op: str = "elementwise") -> float:
+    """``u`` of ``dtype`` (half the machine epsilon) for an ``op`` (:data:`ROUNDING_OPS`) run
+    on ``device``; TF32's ``2^-11`` where CUDA may run that op in TF32 (:func:`tf32_allowed`),
+    with a warning: such bounds are sound but far looser. Only the op's own switch counts:
+    cuDNN's default TF32 for convolutions says nothing of a linear layer or the LIF charge."""
     u = torch.finfo(dtype).eps / 2
-    if dtype == torch.float32 and device is not None and device.type == "cuda":
-        if torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32:
-            u = 2.0**-11
+    if tf32_allowed(op) and dtype == torch.float32 and device is not None and torch.device(device).type == "cuda":
+        warnings.warn(
+            f"TF32 is allowed for CUDA float32 {op} ops, so the bounds take TF32's unit roundoff 2^-11 for them "
+            "and are far looser; call snn_robust.use_ieee_float32() (or set torch.backends.cudnn.allow_tf32 and "
+            "torch.backends.cuda.matmul.allow_tf32 to False) before training or certifying",
+            RuntimeWarning, stacklevel=2,
+        )
+        u = 2.0**-11
     return u
 
 

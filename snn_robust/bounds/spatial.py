@@ -40,6 +40,9 @@ def _fold(A: Tensor, n_lead: int) -> tuple[Tensor, tuple[int, ...]]:
 class BoundOp:
     """Base class: a spatial layer seen by the bound engine."""
 
+    #: which torch switch may run the layer's sums in TF32 on CUDA (rounding.ROUNDING_OPS)
+    rounding_op = "elementwise"
+
     def __init__(self, module: nn.Module, name: str) -> None:
         self.module = module
         self.name = name
@@ -109,7 +112,7 @@ class _AffineOp(BoundOp):
             magnitude = self.abs_linear(x)
             magnitude = magnitude + self.abs_bias(magnitude)
             n = self.window_count((x != 0).to(x.dtype)).clamp(max=self.fan_in(x))
-            err = accumulation_error(magnitude, n + 1, unit_roundoff(x.dtype, x.device))
+            err = accumulation_error(magnitude, n + 1, unit_roundoff(x.dtype, x.device, self.rounding_op))
             if point_outputs_exact():
                 err = err * (self.window_count((l != u).to(x.dtype)) > 0)
             return err
@@ -136,6 +139,8 @@ class _AffineOp(BoundOp):
 
 
 class BoundLinear(_AffineOp):
+    rounding_op = "matmul"
+
     def abs_linear(self, x: Tensor) -> Tensor:
         return F.linear(x, self.module.weight.abs())
 
@@ -197,6 +202,8 @@ def _sparse_rows_matmul(A: Tensor, W: Tensor) -> Tensor:
 
 
 class BoundConv2d(_AffineOp):
+    rounding_op = "conv"
+
     def abs_linear(self, x: Tensor) -> Tensor:
         c = self.module
         return F.conv2d(x, c.weight.abs(), None, c.stride, c.padding, c.dilation, c.groups)

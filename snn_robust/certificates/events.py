@@ -119,7 +119,7 @@ class _FlipBudgetOp(BoundOp):
                 fan_in = mod.weight[0].numel()
             nnz = (l != 0).flatten(1).sum(1).reshape(-1, *([1] * (magnitude.dim() - 1)))
             terms = (nnz + self.k).clamp(max=fan_in).to(l.dtype)
-            return accumulation_error(magnitude, terms, unit_roundoff(l.dtype, l.device))
+            return accumulation_error(magnitude, terms, unit_roundoff(l.dtype, l.device, self.op.rounding_op))
 
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         return self.op.backward(A, l, u)

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
+from ..bounds.rounding import use_ieee_float32
 from ..coding import Coding
 from ..fileio import atomic_write_text
 from ..network import SpikingNetwork
@@ -30,7 +31,9 @@ log = logging.getLogger("snn_robust.training")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` or a ``torch.device``."""
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` or a ``torch.device``.
+    On CUDA it switches TF32 off (:func:`snn_robust.use_ieee_float32`): with TF32 the bounds
+    take its unit roundoff and are far too loose to train or certify with."""
     if isinstance(device, torch.device):
         dev = device
     elif device == "auto":
@@ -41,6 +44,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' (or 'cuda:N') or a torch.device, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available; use device='cpu' or 'auto'")
+    if dev.type == "cuda":
+        use_ieee_float32()
     return dev
 
 
