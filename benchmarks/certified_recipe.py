@@ -127,6 +127,13 @@ VARIANTS.update({
     # on top of the session-3 default (library regulariser): the certified weight ramps from 0.6 to 1.0
     # along the eps ramp (the clean weight from 0.4 to 0; RobustTrainingStep's kappa schedule)
     "cw-ramp1": dict(clean_weight=0.0, bound_weight=1.0, clean_weight_start=0.4),
+    # session 5: the differences between the quick profile's loop and the simpler loop of the user
+    # guide's half/half example (docs/results.md section 12), one at a time and together; the
+    # ramp variants assume --epochs 2 (ramp over the whole robust budget, no hold)
+    "base-half": dict(clean_weight=0.5, bound_weight=0.5),
+    "base-noclip": dict(clip_norm=None),
+    "base-fullramp": dict(ramp_epochs=2.0, hold_epochs=0.0),
+    "base-half-noclip-fullramp": dict(clean_weight=0.5, bound_weight=0.5, clip_norm=None, ramp_epochs=2.0, hold_epochs=0.0),
 })
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
