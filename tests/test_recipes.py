@@ -347,6 +347,9 @@ def test_profile_overrides_apply_per_recipe():
     fm = quick.for_recipe(RECIPES["fmnist-fc"])
     assert fm.natural["epochs"] == 8 and quick.for_recipe(RECIPES["mnist-fc"]).natural["epochs"] == 3
     assert quick.for_recipe(RECIPES["fmnist-conv"]).natural["epochs"] == 2   # CONV overrides Fashion-MNIST
+    nc = quick.for_recipe(RECIPES["nmnist-conv"])  # N-MNIST's epochs (1000 recordings) override CONV's
+    assert (nc.natural["epochs"], nc.natural["lr"], nc.robust["epochs"], nc.robust["bound_steps"]) == (80, 1e-3, 20, 3)
+    assert nc.n_test == 100 and nc.attack_iters == 5  # CONV's evaluation budget stays
 
 
 def test_unknown_names_are_explained():
