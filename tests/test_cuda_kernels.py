@@ -24,7 +24,7 @@ import snn_robust as sr
 from snn_robust import kernels
 from snn_robust.bounds.lif import RESETS, CarryLines, Lines, crown_recurrence, ibp_recurrence
 from snn_robust.bounds.api import margin_spec
-from snn_robust.bounds.rounding import ROUNDING_OPS, unit_roundoff
+from snn_robust.bounds.rounding import ROUNDING_OPS, tf32_allowed, unit_roundoff
 from snn_robust.kernels import _launch
 from snn_robust.kernels.host import HostHarness, compile_ptx, find_compiler, find_nvrtc, nvrtc_ptx
 
@@ -449,6 +449,22 @@ def test_tf32_roundoff_follows_each_ops_own_switch(tf32_flags):
         assert unit_roundoff(torch.float64, torch.device("cuda"), "conv") == torch.finfo(torch.float64).eps / 2
     with pytest.raises(ValueError, match="op must be one of"):
         unit_roundoff(torch.float32, torch.device("cuda"), "gemm")
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch without fp32_precision")
+def test_tf32_switches_set_through_the_new_precision_api(tf32_flags):
+    """Once a program sets TF32 through ``fp32_precision`` (torch >= 2.9), reading the old
+    ``allow_tf32`` flag raises; the switches are then read from the new API."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        for m, c in (("tf32", "ieee"), ("ieee", "tf32")):
+            matmul.fp32_precision, conv.fp32_precision = m, c
+            assert tf32_allowed("matmul") == (m == "tf32") and tf32_allowed("conv") == (c == "tf32")
+        sr.use_ieee_float32()  # the old setters still work, and switch both off
+        assert not tf32_allowed("matmul") and not tf32_allowed("conv")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def test_each_bound_op_asks_for_its_own_switch(monkeypatch):

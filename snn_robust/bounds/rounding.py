@@ -114,13 +114,23 @@ def tf32_allowed(op: str) -> bool:
     (linear layers) under ``torch.backends.cuda.matmul.allow_tf32`` (set by
     ``torch.set_float32_matmul_precision``), ``conv`` under cuDNN's
     ``torch.backends.cudnn.allow_tf32`` (on by default); elementwise arithmetic never."""
-    if op == "matmul":
-        return bool(torch.backends.cuda.matmul.allow_tf32)
-    if op == "conv":
-        return bool(torch.backends.cudnn.allow_tf32)
     if op == "elementwise":
         return False
-    raise ValueError(f"op must be one of {ROUNDING_OPS}, got {op!r}")
+    if op == "matmul":
+        legacy, owners = torch.backends.cuda.matmul, (torch.backends.cuda.matmul, torch.backends)
+    elif op == "conv":
+        cudnn = torch.backends.cudnn
+        legacy, owners = cudnn, (getattr(cudnn, "conv", None), cudnn, torch.backends)
+    else:
+        raise ValueError(f"op must be one of {ROUNDING_OPS}, got {op!r}")
+    try:
+        return bool(legacy.allow_tf32)
+    except RuntimeError:  # torch >= 2.9 refuses the old flag once its fp32_precision API was used
+        for owner in owners:  # the op's own setting, then the backend's, then the global one
+            precision = getattr(owner, "fp32_precision", None)
+            if precision in ("tf32", "ieee"):
+                return precision == "tf32"
+        return True  # undecided: TF32's u is the sound choice
 
 
 def use_ieee_float32() -> None:
