@@ -133,6 +133,8 @@ VARIANTS.update({
     "base-half": dict(clean_weight=0.5, bound_weight=0.5),
     "base-noclip": dict(clip_norm=None),
     "base-fullramp": dict(ramp_epochs=2.0, hold_epochs=0.0),
+    "base-tfac1.33": dict(train_eps_factor=4 / 3),  # train at 0.16, certify at 0.12 (ANN practice)
+    "base-reg0.3": dict(unstable_weight=0.3),
     "base-half-noclip-fullramp": dict(clean_weight=0.5, bound_weight=0.5, clip_norm=None, ramp_epochs=2.0, hold_epochs=0.0),
 })
 
