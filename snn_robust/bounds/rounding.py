@@ -56,8 +56,8 @@ op*, ``u`` is TF32's ``2^-11`` for that op (:func:`unit_roundoff`'s ``op``): cuD
 product's ``torch.backends.cuda.matmul.allow_tf32`` (off by default) linear layers, and
 elementwise arithmetic (the LIF recurrence, batch norm) is IEEE float32 on every device.
 TF32's ``u`` makes the bounds of wide layers useless (``gamma_788 ~ 0.6`` for a 784-input
-layer), so train and certify on a GPU with TF32 off (the recipes and the command line switch
-it off on CUDA); a framework forward on a GPU must run with TF32 off too for the
+layer), so train and certify on a GPU with TF32 off (``fit``, the recipes and the command
+line switch it off on CUDA); a framework forward on a GPU must run with TF32 off too for the
 certificate to cover it.
 
 **The output grid.** Output rates are spike counts over ``T'``, so every specification
@@ -136,7 +136,7 @@ def tf32_allowed(op: str) -> bool:
 def use_ieee_float32() -> None:
     """Switch TF32 off, process-wide, for CUDA matrix products and cuDNN convolutions, so
     float32 runs in IEEE arithmetic there and the bounds use float32's unit roundoff rather
-    than TF32's (module docstring). The command line does this on CUDA."""
+    than TF32's (module docstring). ``fit`` and the command line do this on CUDA."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
