@@ -27,18 +27,17 @@ class Parser(argparse.ArgumentParser):
 def resolve_device(name: str) -> Any:
     """Map ``--device`` (``auto``, ``cpu``, ``cuda``) to a ``torch.device`` with
     :func:`snn_robust.training.resolve_device`; a device that cannot be used is a
-    :class:`UsageError`; on CUDA, TF32 goes off as there."""
+    :class:`UsageError`. On CUDA it switches TF32 off, as that function does."""
     from ..training import resolve_device as resolve
 
     try:
-        device = resolve(name)
+        return resolve(name)
     except ValueError:
         if name.split(":")[0] == "cuda":
             raise UsageError(
                 f"--device {name} was requested but no CUDA device is available (use --device cpu or auto)"
             ) from None
         raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}") from None
-    return device
 
 
 def seed_everything(seed: int) -> None:
