@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     backends = ["torch"]
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        sr.use_ieee_float32()
         name = torch.cuda.get_device_name(device)
         if kernels.cupy_available():
             backends.append("cupy")

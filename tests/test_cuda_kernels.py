@@ -496,38 +496,34 @@ gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.cupy_availab
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
-def test_gpu_kernels_equal_torch_on_gpu(dtype, reset):
+def test_gpu_kernels_equal_torch_on_gpu(dtype, reset, tf32_flags):
     """On the GPU: the kernels against torch's loops on the same GPU (bit for bit for
     S-IBP), whole bounds equal, and sound for sampled inputs run through the network."""
-    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        for seed in range(3):
-            c = dict(dtype=dtype, reset=reset, decay_reset=True, exact_points=True, per_neuron=bool(seed % 2),
-                     alpha=0.25, th=0.25, scale=1.0, T=5, B=4, shape=(2, 3, 3), points=0.5, seed=seed)
-            spl, spu, lif, _ = _ibp_inputs(c)
-            spl, spu, lif = spl.cuda(), spu.cuda(), lif.cuda()
-            with kernels.use_kernels("torch"):
-                ref = _reference_interval(spl, spu, lif, True)
-            got = kernels.lif_interval(spl, spu, lif.alpha, lif.threshold, lif.input_scale, lif.kappa,
-                                       reset == "zero", True, unit_roundoff(dtype))
-            assert all(torch.equal(r, g) for r, g in zip(ref, got))
-        net, lower, upper, labels, gen = _net(reset, ">=", per_neuron=True, seed=4, conv=True)
-        net, lower, upper, labels = net.cuda().to(dtype), lower.cuda().to(dtype), upper.cuda().to(dtype), labels.cuda()
-        methods = ("ibp", "crown-ibp")
-        with torch.no_grad():
-            with kernels.use_kernels("torch"):
-                ref = [sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods]
-            with kernels.use_kernels("cupy"):
-                got = [sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods]
-            assert torch.equal(got[0], ref[0]) and torch.allclose(got[1], ref[1], atol=1e-5)
-            spec = margin_spec(labels, 5)
-            for _ in range(30):  # sampled inputs inside the box (the CPU generator drives the choice)
-                pick = torch.rand(lower.shape, generator=gen).to(lower.device) < 0.5
-                margin = (spec * net(torch.where(pick, lower, upper)).unsqueeze(1)).sum(-1)
-                assert all(bool((lb <= margin + 1e-5).all()) for lb in got)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+    tf32_flags(False, False)
+    for seed in range(3):
+        c = dict(dtype=dtype, reset=reset, decay_reset=True, exact_points=True, per_neuron=bool(seed % 2),
+                 alpha=0.25, th=0.25, scale=1.0, T=5, B=4, shape=(2, 3, 3), points=0.5, seed=seed)
+        spl, spu, lif, _ = _ibp_inputs(c)
+        spl, spu, lif = spl.cuda(), spu.cuda(), lif.cuda()
+        with kernels.use_kernels("torch"):
+            ref = _reference_interval(spl, spu, lif, True)
+        got = kernels.lif_interval(spl, spu, lif.alpha, lif.threshold, lif.input_scale, lif.kappa,
+                                   reset == "zero", True, unit_roundoff(dtype))
+        assert all(torch.equal(r, g) for r, g in zip(ref, got))
+    net, lower, upper, labels, gen = _net(reset, ">=", per_neuron=True, seed=4, conv=True)
+    net, lower, upper, labels = net.cuda().to(dtype), lower.cuda().to(dtype), upper.cuda().to(dtype), labels.cuda()
+    methods = ("ibp", "crown-ibp")
+    with torch.no_grad():
+        with kernels.use_kernels("torch"):
+            ref = [sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods]
+        with kernels.use_kernels("cupy"):
+            got = [sr.compute_bounds(net, lower, upper, labels, method=m) for m in methods]
+        assert torch.equal(got[0], ref[0]) and torch.allclose(got[1], ref[1], atol=1e-5)
+        spec = margin_spec(labels, 5)
+        for _ in range(30):  # sampled inputs inside the box (the CPU generator drives the choice)
+            pick = torch.rand(lower.shape, generator=gen).to(lower.device) < 0.5
+            margin = (spec * net(torch.where(pick, lower, upper)).unsqueeze(1)).sum(-1)
+            assert all(bool((lb <= margin + 1e-5).all()) for lb in got)
 
 
 @gpu

@@ -147,7 +147,8 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device | None = None, op: st
     with a warning: such bounds are sound but far looser. Only the op's own switch counts:
     cuDNN's default TF32 for convolutions says nothing of a linear layer or the LIF charge."""
     u = torch.finfo(dtype).eps / 2
-    if tf32_allowed(op) and dtype == torch.float32 and device is not None and torch.device(device).type == "cuda":
+    # device and dtype first: the switches are read only for a CUDA float32 op, not on every CPU call
+    if dtype == torch.float32 and device is not None and torch.device(device).type == "cuda" and tf32_allowed(op):
         warnings.warn(
             f"TF32 is allowed for CUDA float32 {op} ops, so the bounds take TF32's unit roundoff 2^-11 for them "
             "and are far looser; call snn_robust.use_ieee_float32() (or set torch.backends.cudnn.allow_tf32 and "
