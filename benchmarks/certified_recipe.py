@@ -56,8 +56,18 @@ from snn_robust.recipes.pipeline import load_model, load_test_set, load_train_se
 #: - ``bound_surrogate``: ``(half_width, height)`` of the rectangular surrogate used in the
 #:   bound pass only (the neuron's own, half-width 0.5, gives no gradient to a membrane bound
 #:   more than 0.5 from the threshold).
+#: - ``adv_weight``: weight of an adversarial loss, the clean loss on an EOT-PGD example found
+#:   at ``adv_eps_factor`` times this step's eps (``adv_iter`` iterations, ``adv_samples``
+#:   codings per iteration, its own random stream): the convex combination of an adversarial
+#:   and a bound loss of De Palma et al. 2023 (MTL-IBP), beside the clean loss.
+#: - ``ema_decay``: the model returned is an exponential moving average of the weights
+#:   (Polyak averaging, as in adversarial training: Gowal et al. 2020), taken from the end of
+#:   the eps ramp on, ``avg <- d * avg + (1 - d) * w`` after every step (warm-up
+#:   ``d_k = min(d, (1 + k) / (10 + k))``, k counted from the start of the average).
 CUSTOM_KEYS = ("reg_unstable", "reg_decay", "beta_start", "hinge", "lr_decay_frac", "reg_hidden", "out_margin",
-               "bound_surrogate")
+               "bound_surrogate", "adv_weight", "adv_iter", "adv_eps_factor", "adv_samples", "ema_decay")
+#: keys custom_fit handles itself (not PrototypeStep options)
+LOOP_KEYS = ("lr_decay_frac", "ema_decay")
 
 #: Variant name -> TrainConfig.quick_robust overrides (on top of "epochs" / ramp / hold given
 #: on the command line).
@@ -137,6 +147,29 @@ VARIANTS.update({
     "base-reg0.3": dict(unstable_weight=0.3),
     "base-half-noclip-fullramp": dict(clean_weight=0.5, bound_weight=0.5, clip_norm=None, ramp_epochs=2.0, hold_epochs=0.0),
 })
+#: session 6: an adversarial loss beside the bound loss (MTL-IBP, De Palma et al. 2023), on top of
+#: the session-3 default written as its prototype (T' = 5, regulariser 0.1: ``tp5-reg0.1``)
+_S3 = dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0)
+VARIANTS.update({
+    "adv.4": dict(_S3, clean_weight=0.0, adv_weight=0.4),  # the clean loss replaced by the adversarial one
+    "adv.2": dict(_S3, clean_weight=0.2, adv_weight=0.2),  # half of it
+    "adv.4-f1.3": dict(_S3, clean_weight=0.0, adv_weight=0.4, adv_eps_factor=1.28),  # attacked at 0.154
+    "adv.2-f1.3": dict(_S3, clean_weight=0.2, adv_weight=0.2, adv_eps_factor=1.28),
+    "adv.4-i1": dict(_S3, clean_weight=0.0, adv_weight=0.4, adv_iter=1),
+    # weight averaging from the end of the ramp on
+    "ema.99": dict(_S3, ema_decay=0.99),
+    "ema.998": dict(_S3, ema_decay=0.998),
+    "tp5-reg0.1-ctl": dict(_S3),  # the control of the session-6 prototypes (= "tp5-reg0.1")
+    # the library's quick_robust with a larger factor on the bound logits (margins are rates in [-1, 1])
+    "base-bs1.5": dict(bound_scale=1.5),
+    "base-bs2": dict(bound_scale=2.0),
+    "base-bs2.5": dict(bound_scale=2.5),
+    "base-bs3": dict(bound_scale=3.0),
+    "base-bs4": dict(bound_scale=4.0),
+    # a shorter eps ramp (the ramp over the whole budget verified less: 13b); assume --epochs 2
+    "base-ramp0.3": dict(ramp_epochs=0.3, hold_epochs=1.7),
+    "base-ramp0.15": dict(ramp_epochs=0.15, hold_epochs=1.85),
+})
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
 #: phase (which then runs as usual, with the same number of robust steps as fine-tuning):
@@ -172,8 +205,12 @@ class PrototypeStep(sr.RobustTrainingStep):
 
     def __init__(self, *args: Any, reg_unstable: float = 0.0, reg_decay: bool = False, beta_start: float = 0.0,
                  hinge: float | None = None, reg_hidden: bool = False, out_margin: float = 0.0,
-                 bound_surrogate: tuple[float, float] | None = None, **kwargs: Any) -> None:
+                 bound_surrogate: tuple[float, float] | None = None, adv_weight: float = 0.0, adv_iter: int = 3,
+                 adv_eps_factor: float = 1.0, adv_samples: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.adv_weight, self.adv_iter, self.adv_eps_factor, self.adv_samples = adv_weight, adv_iter, adv_eps_factor, adv_samples
+        # its own stream, so the coding and bound draws are those of the control
+        self.adv_generator = torch.Generator().manual_seed(0xAD7 + (self.generator.initial_seed() if self.generator else 0))
         self.reg_unstable, self.reg_decay, self.beta_start, self.hinge = reg_unstable, reg_decay, beta_start, hinge
         self.reg_hidden, self.out_margin, self.bound_surrogate = reg_hidden, out_margin, bound_surrogate
 
@@ -188,10 +225,20 @@ class PrototypeStep(sr.RobustTrainingStep):
             for stage in net.stages:
                 stage.lif.surrogate = Rectangular(*self.bound_surrogate)
         try:
-            return self._bound_loss(net, clean, metrics, eps, u, lower, upper, labels)
+            loss, metrics = self._bound_loss(net, clean, metrics, eps, u, lower, upper, labels)
         finally:
             for stage, surrogate in zip(net.stages, own):
                 stage.lif.surrogate = surrogate
+        if self.adv_weight > 0:
+            x_adv = x
+            if eps > 0:
+                attack = sr.EOTPGD(eps=eps * self.adv_eps_factor, n_iter=self.adv_iter, samples=self.adv_samples,
+                                   time_steps=self.steps)
+                x_adv = attack.attack(net, x, labels, self.adv_generator)
+            adv = self.clean_loss(net(self.perturbation.encode(x_adv, self.steps, self.adv_generator)), labels)
+            metrics["adv_loss"] = adv.detach()
+            loss = loss + self.adv_weight * adv
+        return loss, metrics
 
     def _bound_loss(self, net, clean, metrics, eps, u, lower, upper, labels):
         ibp = s_ibp(net, lower, upper)
@@ -251,10 +298,13 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
         method=config.method, clean_weight=config.clean_weight, bound_weight=config.bound_weight,
         bound_scale=config.bound_scale, clean_loss=sr.CleanLoss(config.clean_loss, config.clean_scale),
         clip_norm=config.clip_norm, generator=generator,
-        **{k: v for k, v in custom.items() if k != "lr_decay_frac"})
+        **{k: v for k, v in custom.items() if k not in LOOP_KEYS})
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * per_epoch
     decay_from = total - int(custom.get("lr_decay_frac", 0.0) * total)
+    ema_decay = custom.get("ema_decay")
+    ema_from = round(config.ramp_epochs * per_epoch)
+    average: dict[str, torch.Tensor] | None = None
     log, span = [], []
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
@@ -265,10 +315,25 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
                 for group in opt.param_groups:
                     group["lr"] = config.lr * 0.1
             span.append(step(net, opt, x, y))
+            if ema_decay is not None and step.step >= ema_from:
+                with torch.no_grad():
+                    weights = {k: v.detach() for k, v in net.state_dict().items()}
+                    if average is None:
+                        average, k_avg = {k: v.clone() for k, v in weights.items()}, 0
+                    else:
+                        k_avg += 1
+                        d = min(ema_decay, (1 + k_avg) / (10 + k_avg))
+                        for k, v in weights.items():
+                            if v.is_floating_point():
+                                average[k].mul_(d).add_(v, alpha=1 - d)
+                            else:
+                                average[k].copy_(v)
             if len(span) == log_every:
                 log.append({k: round(sum(m[k] for m in span) / len(span), 4) for k in span[0]} | {"step": step.step})
                 print(json.dumps(log[-1]), flush=True)
                 span = []
+    if average is not None:
+        net.load_state_dict(average)
     return log
 
 

@@ -45,6 +45,10 @@ VARIANTS = {
     "recommended-loop-T5": dict(kwargs={**OLD_DEFAULTS, "steps": 5}, w_clean=0.4, w_cert=0.6, clip=0.25, ramp=0.3),
     "recommended-loop-reg": dict(kwargs={**OLD_DEFAULTS, "unstable_weight": 1 / 6}, w_clean=0.4, w_cert=0.6, clip=0.25,
                                  ramp=0.3),
+    # session 6: the bound logits scaled (certified_loss's bound_scale; margins are rates in [-1, 1])
+    "default-bs1": dict(kwargs={"bound_scale": 1.0}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None),
+    "default-bs2": dict(kwargs={"bound_scale": 2.0}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None),
+    "default-bs3": dict(kwargs={"bound_scale": 3.0}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None),
 }
 
 

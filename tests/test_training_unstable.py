@@ -145,34 +145,43 @@ def test_step_adds_weight_times_mean_penalty_outside_the_bound_weight() -> None:
 
 
 def test_quick_defaults_train_fc_at_tprime_5_with_the_regulariser() -> None:
-    """quick_robust's defaults (docs/results.md sections 8-9) reach the quick FC and CONV
-    recipes; the quick N-MNIST recipe, not measured with them, keeps T' = 3 without the regulariser."""
+    """quick_robust's defaults (docs/results.md sections 8-9 and 14) reach the quick FC
+    recipes; the quick CONV recipe takes T' = 5 and the regulariser but the paper's bound
+    scale 1 (the scale 2 was measured on FC only), and the quick N-MNIST recipe, not measured
+    with them, keeps T' = 3, no regulariser, scale 1."""
     from snn_robust.recipes.configs import PROFILES, RECIPES
     from snn_robust.recipes.pipeline import RecipeRun
 
     cfg = sr.TrainConfig.quick_robust(0.12)
-    assert (cfg.bound_steps, cfg.unstable_weight, cfg.method) == (5, 0.1, "ibp")
-    expected = {"mnist-fc": (5, 0.1), "fmnist-fc": (5, 0.1), "mnist-conv": (5, 0.1), "nmnist-fc": (3, 0.0)}
+    assert (cfg.bound_steps, cfg.unstable_weight, cfg.method, cfg.bound_scale) == (5, 0.1, "ibp", 2.0)
+    expected = {"mnist-fc": (5, 0.1, 2.0), "fmnist-fc": (5, 0.1, 2.0), "mnist-conv": (5, 0.1, 1.0),
+                "fmnist-conv": (5, 0.1, 1.0), "nmnist-fc": (3, 0.0, 1.0), "nmnist-conv": (3, 0.0, 1.0)}
     for name, want in expected.items():
         rob = RecipeRun(RECIPES[name], PROFILES["quick"], "unused").config()["robust_training"]
-        assert (rob["bound_steps"], rob["unstable_weight"]) == want, name
-    assert sr.TrainConfig.robust(0.12).unstable_weight == 0.0  # the paper's settings: none
+        assert (rob["bound_steps"], rob["unstable_weight"], rob["bound_scale"]) == want, name
+    paper = sr.TrainConfig.robust(0.12)
+    assert (paper.unstable_weight, paper.bound_scale) == (0.0, 1.0)  # the paper's settings
 
 
 def test_defaults_are_the_recommended_training_loss() -> None:
     """certified_loss's and RobustTrainingStep's defaults are the recommended loss of
-    docs/user-guide.md (S-IBP over T' = 5, regulariser 1/6 of the certified loss = 0.1 of the
-    total), the regulariser counted once in the step."""
+    docs/user-guide.md (S-IBP over T' = 5, bound logits x 2, regulariser 1/6 of the certified
+    loss = 0.1 of the total), the regulariser counted once in the step."""
     net = trained_net()
     x, y = make_images(12, seed=4)
     pert = sr.DigitalLinf(0.08)
     default = sr.certified_loss(net, x, y, pert, generator=torch.Generator().manual_seed(2))
-    spelled = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), unstable_weight=1 / 6)
+    spelled = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), bound_scale=2.0,
+                                unstable_weight=1 / 6)
     torch.testing.assert_close(default, spelled)
-    bare = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), unstable_weight=0.0)
+    bare = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), bound_scale=2.0,
+                             unstable_weight=0.0)
     assert default > bare  # the regulariser is on by default (some neuron is unstable at eps 0.08)
+    paper_scale = sr.certified_loss(net, x, y, pert, 5, "ibp", torch.Generator().manual_seed(2), bound_scale=1.0,
+                                    unstable_weight=0.0)
+    assert not torch.equal(bare, paper_scale)  # the scale is not the paper's 1
     step = sr.RobustTrainingStep(pert, 0.08, generator=torch.Generator().manual_seed(5))
-    assert (step.bound_steps, step.method, step.unstable_weight) == (5, "ibp", 0.1)
+    assert (step.bound_steps, step.method, step.bound_scale, step.unstable_weight) == (5, "ibp", 2.0, 0.1)
     loss, m = step.compute_loss(net, x, y)
     gen = torch.Generator().manual_seed(5)
     pert.encode(x, 10, gen)  # the step draws the clean coding first, then the input bounds

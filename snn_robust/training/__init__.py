@@ -30,8 +30,9 @@ squared error against the one-hot label used by many SNN codes. The default (``"
 ``scale=DEFAULT_CE_SCALE`` = 5) was chosen by a measurement on MNIST (see
 :data:`DEFAULT_CE_SCALE`): 95.2 % test accuracy after 2 epochs against 90.6 % for the
 authors' scale 1 and 85.9 % for MSE; pass ``clean_scale=1.0`` to reproduce the authors' code.
-The certified term keeps the paper's form ``CE(-[0, lb])`` on rate margins (``bound_scale``
-multiplies the bound logits, default 1 as in the paper).
+The certified term keeps the paper's form ``CE(-[0, lb])`` on rate margins; ``bound_scale``
+multiplies the bound logits (``TrainConfig``'s default 1 is the paper's; ``quick_robust``,
+``RobustTrainingStep`` and ``certified_loss`` use the measured 2).
 
 The package, one job per module: :mod:`.steps` (the clean loss and the single training
 steps), :mod:`.config` (:class:`TrainConfig`, its presets, optimizer and lr schedules),

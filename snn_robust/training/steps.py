@@ -214,7 +214,7 @@ class RobustTrainingStep(TrainingStep):
         steps: T of the clean forward pass (paper: 10).
         bound_steps: T' of the bounds (paper: 3; default 5), independent of T.
         method: the training bound, one of :data:`snn_robust.METHODS` (paper: ``"crown-ibp"``;
-            default ``"ibp"``). The defaults of ``bound_steps``, ``method`` and
+            default ``"ibp"``). The defaults of ``bound_steps``, ``method``, ``bound_scale`` and
             ``unstable_weight`` are :func:`~snn_robust.certified_loss`'s, the recommended
             training loss (docs/user-guide.md, "Recommended settings");
             ``TrainConfig.robust`` passes the paper's.
@@ -224,7 +224,8 @@ class RobustTrainingStep(TrainingStep):
             (fraction ``u = eps(k) / final_eps``) and the bound weight is
             ``clean_weight + bound_weight - clean weight``, so the sum stays fixed; ``None``:
             constant weights (the paper).
-        bound_scale: factor on the bound logits (paper: 1).
+        bound_scale: factor on the bound logits (paper: 1; default 2, see
+            :func:`~snn_robust.certified_loss`).
         unstable_weight: weight of the unstable-neuron regulariser ``R`` in the loss
             (:func:`~snn_robust.loss.unstable_penalty`, on the bound pass's own S-IBP
             intervals; 0: none, the paper; default 0.1).
@@ -248,7 +249,7 @@ class RobustTrainingStep(TrainingStep):
         method: Method = "ibp",
         clean_weight: float = 0.4,
         bound_weight: float = 0.6,
-        bound_scale: float = 1.0,
+        bound_scale: float = 2.0,
         clean_loss: CleanLoss = CleanLoss(),
         clip_norm: float | None = 0.25,
         clean_weight_start: float | None = None,
