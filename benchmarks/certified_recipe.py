@@ -161,6 +161,7 @@ VARIANTS.update({
     "ema.998": dict(_S3, ema_decay=0.998),
     "tp5-reg0.1-ctl": dict(_S3),  # the control of the session-6 prototypes (= "tp5-reg0.1")
     # the library's quick_robust with a larger factor on the bound logits (margins are rates in [-1, 1])
+    "base-bs1": dict(bound_scale=1.0),  # the scale of the paper and of quick_robust before session 6
     "base-bs1.5": dict(bound_scale=1.5),
     "base-bs2": dict(bound_scale=2.0),
     "base-bs2.5": dict(bound_scale=2.5),
