@@ -149,8 +149,10 @@ class EvaluationStages:
                     xb, yb = x[i:i + c.profile.eval_batch].to(c.device), y[i:i + c.profile.eval_batch].to(c.device)
                     xb = self.perturbation.coding(steps).batch(xb)  # event frames: time-major
                     with torch.no_grad():
+                        # the paper's loss form (Figure 4): scale 1, not the training default
                         loss, m = certified_loss(net, xb, yb, self.perturbation, steps, "crown-ibp", gen,
-                                                 unstable_weight=0.0, reduction="sum", return_margins=True)
+                                                 bound_scale=1.0, unstable_weight=0.0, reduction="sum",
+                                                 return_margins=True)
                     total += float(loss)
                     ok += int((m > 0).all(1).sum())
                 losses.append(total / len(y))

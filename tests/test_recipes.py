@@ -140,6 +140,9 @@ def check_results_schema(results: dict) -> None:
         for tag, m in models.items():
             _check_error(m["clean_error"])
             assert math.isfinite(m["bound_loss"]["loss"]) and 0 <= m["bound_loss"]["verified"] <= 1
+            # Figure 4's loss is the paper's CE(-[0, lb]) at scale 1 (not the training default 2):
+            # with 10 classes and margins in [-1, 1] it lies in [log(1 + 9/e), log(1 + 9e)]
+            assert math.log(1 + 9 / math.e) - 1e-6 <= m["bound_loss"]["loss"] <= math.log(1 + 9 * math.e) + 1e-6
             if tag != "natural":
                 assert m["time_per_epoch_s"] > 0
     json.dumps(results)  # JSON-serialisable
