@@ -144,7 +144,7 @@ class TrainConfig:
         quick profile's 2 robust epochs, first 1000 test images, 3 training seeds): 92.5 %
         clean, 52.9 % verified (S-IBP, T' = 3), EOT-PGD error 37.9 % at eps 0.154, against
         92.5 / 46.9 / 41.0 % at scale 1 (every seed better on both); 1.5, 2.5, 3 and 4 did
-        less (2 seeds each).
+        less (2-3 seeds each).
 
         T' = 5 and the regulariser, measured on MNIST-FC at eps 0.12 (docs/results.md section
         8; the quick profile's 2 robust epochs, first 1000 test images, 3 training seeds):
