@@ -153,9 +153,6 @@ _S3 = dict(bound_steps=5, reg_unstable=0.1, unstable_weight=0.0)
 VARIANTS.update({
     "adv.4": dict(_S3, clean_weight=0.0, adv_weight=0.4),  # the clean loss replaced by the adversarial one
     "adv.2": dict(_S3, clean_weight=0.2, adv_weight=0.2),  # half of it
-    "adv.4-f1.3": dict(_S3, clean_weight=0.0, adv_weight=0.4, adv_eps_factor=1.28),  # attacked at 0.154
-    "adv.2-f1.3": dict(_S3, clean_weight=0.2, adv_weight=0.2, adv_eps_factor=1.28),
-    "adv.4-i1": dict(_S3, clean_weight=0.0, adv_weight=0.4, adv_iter=1),
     # weight averaging from the end of the ramp on
     "ema.99": dict(_S3, ema_decay=0.99),
     "ema.998": dict(_S3, ema_decay=0.998),
