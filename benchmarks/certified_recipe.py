@@ -28,6 +28,7 @@ from snn_robust.bounds.rounding import round_to_grid
 from snn_robust.loss import bound_logits
 from snn_robust.neuron import Rectangular
 from snn_robust.training import EpochBatchSampler
+from snn_robust.training.config import step_factor
 from snn_robust.recipes.pipeline import load_model, load_test_set, load_train_set, save_model
 
 #: Variant keys that are not TrainConfig fields: prototypes of new training options, run by
@@ -168,6 +169,19 @@ VARIANTS.update({
     "base-ramp0.3": dict(ramp_epochs=0.3, hold_epochs=1.7),
     "base-ramp0.15": dict(ramp_epochs=0.15, hold_epochs=1.85),
 })
+#: session 7, on the session-6 default (scale 2; run with --epochs 4 --ramp-epochs 1.2): the end of
+#: the hold phase at a lower lr, as every certified-training recipe for ANNs ends (Gowal et al. 2018).
+#: The ``s7-lrdecay*`` prototypes were run before quick_robust took the decay over (``lr_milestones``
+#: ``(0.75 * epochs,)``), so they keep a constant config lr and decay in custom_fit; ``s6-default`` is
+#: quick_robust without the decay. Every row measured before session 7 ran without it: ``--constant-lr``
+#: gives every variant ``lr_milestones=()`` to reproduce them.
+_NODECAY = dict(lr_milestones=())
+VARIANTS.update({
+    "s6-default": dict(_NODECAY),
+    "s7-lrdecay": {**_S3, **_NODECAY, "lr_decay_frac": 0.25},  # lr x 0.1 over the last quarter of the steps
+    "s7-lrdecay-tfac1.2": {**_S3, **_NODECAY, "lr_decay_frac": 0.25, "train_eps_factor": 1.2},  # train at 0.144
+    "s7-lrdecay-tp8": {**_S3, **_NODECAY, "lr_decay_frac": 0.25, "bound_steps": 8},  # and T' = 8 in the training bound
+})
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
 #: phase (which then runs as usual, with the same number of robust steps as fine-tuning):
@@ -284,8 +298,8 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
     configs, with :class:`PrototypeStep`; returns the mean metrics of every ``log_every`` steps."""
     from torch.utils.data import DataLoader
 
-    if config.optimizer != "adam" or config.lr_schedule != "step" or config.lr_milestones:
-        raise ValueError("custom_fit runs the constant-lr Adam configs only")
+    if config.optimizer != "adam" or config.lr_schedule != "step":
+        raise ValueError("custom_fit runs the step-schedule Adam configs only")
     if config.unstable_weight:
         raise ValueError("custom_fit: PrototypeStep computes its own regulariser (reg_unstable); set unstable_weight=0")
     sampler = EpochBatchSampler(len(train), config.batch_size, shuffle=config.shuffle, seed=config.seed)
@@ -300,6 +314,8 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * per_epoch
     decay_from = total - int(custom.get("lr_decay_frac", 0.0) * total)
+    # the config's milestones as fit applies them (per iteration, the same iterations)
+    milestones = [int(round(m * per_epoch)) for m in config.lr_milestones]
     ema_decay = custom.get("ema_decay")
     ema_from = round(config.ramp_epochs * per_epoch)
     average: dict[str, torch.Tensor] | None = None
@@ -309,9 +325,9 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
         loader = DataLoader(train, batch_sampler=sampler,
                             generator=torch.Generator().manual_seed(sampler.epoch_seed(epoch) ^ 0x5EED))
         for x, y in loader:
-            if step.step == decay_from:
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * 0.1
+            factor = step_factor(step.step, milestones, config.lr_gamma) * (0.1 if step.step >= decay_from else 1.0)
+            for group in opt.param_groups:
+                group["lr"] = config.lr * factor
             span.append(step(net, opt, x, y))
             if ema_decay is not None and step.step >= ema_from:
                 with torch.no_grad():
@@ -377,6 +393,8 @@ def main() -> None:
     parser.add_argument("--certify-method", default="ibp")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stability", action="store_true", help="only print stability_report for the given model")
+    parser.add_argument("--constant-lr", action="store_true",
+                        help="lr_milestones=() for every variant: quick_robust before session 7 (no lr decay)")
     parser.add_argument("--save", default=None, help="folder: write each trained model to SAVE/<variant>-s<seed>.pt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -419,7 +437,8 @@ def main() -> None:
         for seed in args.seeds:
             net = copy.deepcopy(natural)
             over = {"epochs": args.epochs, "ramp_epochs": args.ramp_epochs,
-                    "hold_epochs": args.epochs - args.ramp_epochs, "seed": seed, **VARIANTS[name]}
+                    "hold_epochs": args.epochs - args.ramp_epochs, "seed": seed, **VARIANTS[name],
+                    **(_NODECAY if args.constant_lr else {})}
             custom = {k: over.pop(k) for k in CUSTOM_KEYS if k in over}
             scratch = {k: over.pop(k) for k in SCRATCH_KEYS if k in over}
             config = sr.TrainConfig.quick_robust(args.eps, **over)

@@ -15,6 +15,8 @@ ramped linearly from 0 to ``--eps`` over ``--ramp`` of the steps, then held:
   ``unstable_weight=1/6``, 0.4 / 0.6, gradient clip 0.25, ramp over 30 %);
 - ``recommended-loop``: the same loop with T' = 3 and no regulariser, to separate the loop
   from the loss's arguments; ``recommended-loop-T5`` / ``-reg``: one of the two only.
+- ``recommended-decay`` / ``default-decay``: those loops with the lr cut to a tenth for the
+  last quarter of the steps (session 7).
 
 Yardsticks on ``--n-test`` MNIST test images (seed 0): clean accuracy, the share verified by
 S-IBP at ``--eps`` with T' = 3, and the EOT-PGD attack error at ``--attack-eps`` (10
@@ -49,6 +51,10 @@ VARIANTS = {
     "default-bs1": dict(kwargs={"bound_scale": 1.0}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None),
     "default-bs2": dict(kwargs={"bound_scale": 2.0}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None),
     "default-bs3": dict(kwargs={"bound_scale": 3.0}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None),
+    # session 7: the lr x 0.1 over the last quarter of the steps (quick_robust's since then)
+    "recommended-decay": dict(kwargs={"steps": 5, "unstable_weight": 1 / 6}, w_clean=0.4, w_cert=0.6, clip=0.25, ramp=0.3,
+                              decay=0.75),
+    "default-decay": dict(kwargs={}, w_clean=0.5, w_cert=0.5, clip=None, ramp=None, decay=0.75),
 }
 
 
@@ -95,9 +101,13 @@ def certified_training(model: nn.Sequential, train, eps: float, epochs: int, bat
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     total = epochs * len(range(0, len(train), batch_size))
     schedule = sr.EpsSchedule(eps, ramp_steps=max(1, int((variant["ramp"] or ramp) * total)))
+    decay_at = int(variant["decay"] * total) if variant.get("decay") else None
     step = 0
     for epoch in range(epochs):
         for images, labels in batches(train, batch_size, 100 + epoch):
+            if step == decay_at:
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.1
             optimizer.zero_grad()
             clean = loss_fn(run(model, images), labels)
             bound = sr.certified_loss(net, images, labels, sr.DigitalLinf(schedule(step)), **variant["kwargs"])

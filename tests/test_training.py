@@ -491,6 +491,32 @@ def test_natural_fit_trains_and_writes_its_run_dir(tmp_path):
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")[:4] == ["epoch", "step", "clean_acc", "clean_loss"]
 
 
+def test_a_fractional_lr_milestone_takes_effect_at_its_iteration_and_survives_a_resume(tmp_path):
+    # 40 samples, batch 8: 5 iterations per epoch; 0.6 epoch is iteration 3, 1.4 is iteration 7
+    cfg = TrainConfig.natural(epochs=2, batch_size=8, lr=0.05, lr_milestones=(0.6, 1.4), lr_gamma=0.1, steps=4)
+    assert cfg.lr_milestones == (0.6, 1.4)
+    net_a, net_b = tiny_net(), tiny_net()
+    straight = fit(net_a, tiny_data(), DigitalLinf(0.0), cfg, progress=False, device="cpu", log_every=1)
+    lrs = [row["lr"] for row in straight.history["steps"]]
+    assert lrs == pytest.approx([0.05] * 3 + [0.005] * 4 + [0.0005] * 3)
+    first = fit(tiny_net(), tiny_data(), DigitalLinf(0.0), cfg, run_dir=tmp_path, progress=False, device="cpu",
+                log_every=1, max_steps=2)
+    assert not first.completed
+    resumed = fit(net_b, tiny_data(), DigitalLinf(0.0), cfg, run_dir=tmp_path, resume=True, progress=False,
+                  device="cpu", log_every=1)
+    assert [row["lr"] for row in resumed.history["steps"]] == pytest.approx(lrs)
+    assert all(torch.equal(a, b) for a, b in zip(net_a.state_dict().values(), net_b.state_dict().values()))
+
+
+def test_lr_milestones_are_checked_and_whole_epochs_stay_per_epoch():
+    assert TrainConfig.natural(lr_milestones=(3.0,)).lr_milestones == (3,)
+    assert isinstance(TrainConfig.natural(lr_milestones=(3.0,)).lr_milestones[0], int)
+    with pytest.raises(ValueError, match="lr_milestones"):
+        TrainConfig.natural(lr_milestones=(-1,))
+    with pytest.raises(TypeError, match="lr_milestones"):
+        TrainConfig.natural(lr_milestones=("2",))
+
+
 def test_fit_rejects_a_dataloader():
     with pytest.raises(TypeError, match="not a DataLoader"):
         fit(tiny_net(), torch.utils.data.DataLoader(tiny_data()), DigitalLinf(0.0), CONFIG, progress=False)

@@ -86,8 +86,8 @@ def add_train(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: 128)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="optimizer (default: sgd, momentum 0.9)")
     p.add_argument("--lr", type=positive_float, default=0.01, help="learning rate (default: 0.01)")
-    p.add_argument("--lr-milestones", type=int, nargs="*", default=[55], metavar="EPOCH",
-                   help="epochs at which lr is divided by 10 (default: 55)")
+    p.add_argument("--lr-milestones", type=nonnegative_float, nargs="*", default=[55], metavar="EPOCH",
+                   help="epochs at which lr is divided by 10, fractional ones allowed (default: 55)")
     p.add_argument("--train-samples", type=positive_int, default=None, metavar="N",
                    help="train on a stratified subset of N samples (default: all)")
     add_run_options(p)
@@ -102,8 +102,9 @@ def add_robust_train(subparsers: Any) -> None:
             "Continue training a model file with the paper's robust loss 0.4 * CE(clean) + 0.6 * CE(-[0, lb]),\n"
             "lb the certified margin lower bounds at an eps ramped linearly from 0 (l_inf on images,\n"
             "l_0 share of spike elements on N-MNIST). --settings paper: SGD lr 5e-4, clip 0.25, CROWN-IBP,\n"
-            "ramp 250 + hold 50 epochs. --settings quick: IBP bound, Adam lr 1e-3, ramp 0.5 + hold 2.5\n"
-            "epochs (measured to show the effect within minutes on a CPU). Re-running resumes."),
+            "ramp 250 + hold 50 epochs. --settings quick: IBP bound, Adam lr 1e-3 (a tenth of it for the last\n"
+            "quarter), ramp 0.5 + hold 2.5 epochs (measured to show the effect within minutes on a CPU).\n"
+            "Re-running resumes."),
         epilog=(
             "examples:\n"
             "  snn-robust robust-train --model runs/fc.pt --eps 0.12 --out runs/fc-robust.pt\n"

@@ -21,7 +21,7 @@ from ..fileio import atomic_write_text
 from ..network import SpikingNetwork
 from ..perturbations import Perturbation
 from ..validation import check_positive_int
-from .config import TrainConfig, _make_lr_scheduler, _make_optimizer
+from .config import TrainConfig, _make_lr_scheduler, _make_optimizer, per_iteration_lr
 from .logs import _environment, _Mean, _MetricsLog, _row
 from .sampler import EpochBatchSampler
 from .state import CHECKPOINT_NAME, CheckpointError, CheckpointFiles, FitState
@@ -185,7 +185,7 @@ def fit(
         step_fn = TrainingStep(perturbation, steps=config.steps, clean_loss=clean_loss, clip_norm=config.clip_norm, generator=generator)
     opt = optimizer if optimizer is not None else _make_optimizer(net, config)
     lr_sched = _make_lr_scheduler(opt, config, per_epoch)
-    per_step_lr = config.lr_schedule == "cosine"
+    per_step_lr = per_iteration_lr(config)
 
     state = FitState(net, opt, lr_sched, step_fn, config.to_dict(), repr(perturbation), rank=rank, world=world)
     files = CheckpointFiles(ckpt_dir) if ckpt_dir is not None else None
