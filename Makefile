@@ -26,8 +26,8 @@ data: setup
 	$(VENV_BIN)/snn-robust data fetch mnist --data-root $(DATA_ROOT)
 
 run: data
-	@echo "make run: the quick MNIST-FC recipe on the CPU with $(OMP_NUM_THREADS) torch thread(s): 8.6 min recorded on a"
-	@echo "2-core CPU shared with another job at load about 2 (docs/results.md section 14c). The log names"
+	@echo "make run: the quick MNIST-FC recipe on the CPU with $(OMP_NUM_THREADS) torch thread(s): 10.4 min recorded on a"
+	@echo "2-core CPU shared with another job at load 1.5-2 (docs/results.md section 15d). The log names"
 	@echo "each stage (k of 14), its wall time and the time left of a long stage; an interrupted run"
 	@echo "resumes where it stopped when started again. Results: runs/mnist-fc-quick/results.md"
 	$(VENV_BIN)/snn-robust recipe mnist-fc --profile quick

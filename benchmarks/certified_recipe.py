@@ -181,6 +181,8 @@ VARIANTS.update({
     "s7-lrdecay": {**_S3, **_NODECAY, "lr_decay_frac": 0.25},  # lr x 0.1 over the last quarter of the steps
     "s7-lrdecay-tfac1.2": {**_S3, **_NODECAY, "lr_decay_frac": 0.25, "train_eps_factor": 1.2},  # train at 0.144
     "s7-lrdecay-tp8": {**_S3, **_NODECAY, "lr_decay_frac": 0.25, "bound_steps": 8},  # and T' = 8 in the training bound
+    # on the session-7 default (the library's decay; run with --epochs 6 --ramp-epochs 1.8)
+    "s7-decay@3": dict(lr_milestones=(3,)),  # the decay from epoch 3 of 6: the last half at a tenth
 })
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
