@@ -28,7 +28,7 @@ from snn_robust.bounds.rounding import round_to_grid
 from snn_robust.loss import bound_logits
 from snn_robust.neuron import Rectangular
 from snn_robust.training import EpochBatchSampler
-from snn_robust.training.config import step_factor
+from snn_robust.training.config import milestone_steps, step_factor
 from snn_robust.recipes.pipeline import load_model, load_test_set, load_train_set, save_model
 
 #: Variant keys that are not TrainConfig fields: prototypes of new training options, run by
@@ -316,8 +316,7 @@ def custom_fit(net: sr.SpikingNetwork, train: Any, perturbation: sr.DigitalLinf,
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * per_epoch
     decay_from = total - int(custom.get("lr_decay_frac", 0.0) * total)
-    # the config's milestones as fit applies them (per iteration, the same iterations)
-    milestones = [int(round(m * per_epoch)) for m in config.lr_milestones]
+    milestones = milestone_steps(config, per_epoch)  # the iterations at which fit cuts the lr
     ema_decay = custom.get("ema_decay")
     ema_from = round(config.ramp_epochs * per_epoch)
     average: dict[str, torch.Tensor] | None = None

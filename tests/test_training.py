@@ -515,6 +515,8 @@ def test_lr_milestones_are_checked_and_whole_epochs_stay_per_epoch():
         TrainConfig.natural(lr_milestones=(-1,))
     with pytest.raises(TypeError, match="lr_milestones"):
         TrainConfig.natural(lr_milestones=("2",))
+    with pytest.raises(ValueError, match="lr_milestones"):
+        TrainConfig.natural(lr_milestones=(float("nan"),))
 
 
 def test_fit_rejects_a_dataloader():

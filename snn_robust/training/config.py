@@ -239,6 +239,11 @@ def step_factor(step: int, milestone_steps: Sequence[int], gamma: float) -> floa
     return gamma ** sum(step >= m for m in milestone_steps)
 
 
+def milestone_steps(config: "TrainConfig", per_epoch: int) -> list[int]:
+    """``config.lr_milestones`` as (0-based) iterations: ``round(m * per_epoch)``."""
+    return [int(round(m * per_epoch)) for m in config.lr_milestones]
+
+
 def per_iteration_lr(config: "TrainConfig") -> bool:
     """Whether :func:`_make_lr_scheduler`'s scheduler steps after every iteration (``"cosine"``,
     or a fractional milestone) instead of after every epoch."""
@@ -250,7 +255,7 @@ def _make_lr_scheduler(opt: torch.optim.Optimizer, config: "TrainConfig", per_ep
         total, warm = config.epochs * per_epoch, int(round(config.warmup_epochs * per_epoch))
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, total, warm))
     if per_iteration_lr(config):
-        at = [int(round(m * per_epoch)) for m in config.lr_milestones]
+        at = milestone_steps(config, per_epoch)
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: step_factor(k, at, config.lr_gamma))
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.lr_milestones), gamma=config.lr_gamma)
 
