@@ -46,6 +46,7 @@ __all__ = [
     "clean_error",
     "attack_error",
     "certified_error",
+    "certified_boxes",
 ]
 
 # -- data and seeds ---------------------------------------------------------------------
@@ -284,20 +285,15 @@ def certified_error(
     picks, not the whole ball (Section 3.2); ``DirectLinf`` bounds are deterministic and run
     once (``seeds`` ignored).
     """
-    if not isinstance(perturbation, Perturbation):
-        raise TypeError(f"perturbation must be an snn_robust Perturbation, got {type(perturbation).__name__}")
-    check_positive_int("batch_size", batch_size)
-    coding = perturbation.coding(steps)
-    _check_net(net, coding)
-    device = _device(net)
-    run_seeds = list(seeds) if perturbation.sampled else []
     per_seed, n = [], 0
+    run_seeds = _certified_seeds(perturbation, seeds)
+    # built (and so validated) before the bar; each draws its batches only when iterated
+    streams = [certified_boxes(net, data, perturbation, steps, seed, batch_size=batch_size, max_samples=max_samples)
+               for seed in run_seeds or [None]]
     bar = _progress(progress, _total(data, batch_size, max_samples, max(1, len(run_seeds))), "certified error")
-    for seed in run_seeds or [None]:
-        gen = _generators(seed, device, 4)[3] if seed is not None else None
+    for boxes in streams:
         unverified, n = 0, 0
-        for x, y in _batches(data, batch_size, max_samples, device, coding):
-            lower, upper = perturbation.bounds(x, steps, gen)
+        for lower, upper, y in boxes:
             with torch.no_grad():
                 margins = compute_bounds(net, lower, upper, labels=y, method=method)
             unverified += int((~(margins > 0).all(1)).sum())
@@ -308,3 +304,43 @@ def certified_error(
     details = {"perturbation": type(perturbation).__name__, "eps": float(perturbation.eps), "steps": steps,
                "method": method}
     return summarize(per_seed, run_seeds, n, details)
+
+
+def _certified_seeds(perturbation: Perturbation, seeds: Sequence[int]) -> list[int]:
+    if not isinstance(perturbation, Perturbation):
+        raise TypeError(f"perturbation must be an snn_robust Perturbation, got {type(perturbation).__name__}")
+    return list(seeds) if perturbation.sampled else []
+
+
+def certified_boxes(
+    net: SpikingNetwork,
+    data: Any,
+    perturbation: Perturbation,
+    steps: int = 10,
+    seed: int | None = 0,
+    *,
+    batch_size: int = 128,
+    max_samples: int | None = None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The input boxes :func:`certified_error` bounds for one coding ``seed``: ``(lower,
+    upper, labels)`` batch by batch, ``lower`` / ``upper`` ``[T', B, ...]`` on ``net``'s device.
+
+    The same draws, in the same order, as ``certified_error(..., seeds=(seed,),
+    batch_size=batch_size)``, so another verifier (a longer MILP, an external tool) can be
+    run on exactly the boxes a reported certified error was computed on. ``seed`` is
+    ignored (``None`` allowed) for a deterministic perturbation (:class:`~snn_robust.DirectLinf`).
+    Bad arguments raise here, not at the first batch."""
+    _certified_seeds(perturbation, ())
+    check_positive_int("batch_size", batch_size)
+    coding = perturbation.coding(steps)
+    _check_net(net, coding)
+    device = _device(net)
+    # the fourth of the seed's streams: clean_error and attack_error use the first three
+    gen = _generators(seed, device, 4)[3] if perturbation.sampled and seed is not None else None
+
+    def draw() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for x, y in _batches(data, batch_size, max_samples, device, coding):
+            lower, upper = perturbation.bounds(x, steps, gen)
+            yield lower, upper, y
+
+    return draw()

@@ -312,6 +312,39 @@ def test_limits_fall_back_to_the_prior_bound():
             pass
 
 
+def test_node_limit_is_a_deterministic_budget():
+    """With no time limit and a node limit the answer cannot depend on the machine's load:
+    two runs agree row by row; what a small budget proves, a large one proves too (an
+    infeasibility proof does not depend on the budget), and the limit reaches compute_bounds
+    through milp_limits."""
+    c = dict(alpha=0.5, th=0.3, reset="zero", firing=">", decay_reset=False, per_neuron=False, steps=3, eps=0.4,
+             gain=2.0, dyadic=False, depth=3, seed=4)
+    net, shape, gen = _net(c, n_in=8, width=6)
+    lower, upper = _box(c, net, shape, gen, 6, "spike")
+    labels = torch.randint(0, 3, (6,), generator=gen)
+    spec = margin_spec(labels, 3)
+    runs = {n: [M.milp_verify(net, lower, upper, spec, time_limit=float("inf"), node_limit=n, search=0,
+                              stop_early=False) for _ in range(2)] for n in (1, 10_000)}
+    for a, b in runs.values():
+        assert a.status == b.status and torch.equal(a.lower, b.lower)
+    small, large = runs[1][0], runs[10_000][0]
+    for row_s, row_l in zip(small.status, large.status):
+        for s, l in zip(row_s, row_l):
+            assert s != "verified" or l == "verified"
+    assert (large.lower >= small.lower).all()
+    with M.milp_limits(time_limit=float("inf"), node_limit=10_000) as limits, torch.no_grad():
+        assert limits["node_limit"] == 10_000
+        first = sr.compute_bounds(net, lower, upper, labels, method="milp")
+        assert torch.equal(first, sr.compute_bounds(net, lower, upper, labels, method="milp"))
+    assert M._LIMITS["node_limit"] is None  # restored after the block
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="node_limit"):
+            M.milp_verify(net, lower, upper, spec, node_limit=bad)
+        with pytest.raises(ValueError, match="node_limit"):
+            with M.milp_limits(node_limit=bad):
+                pass
+
+
 def test_milp_verify_refuses_bad_input_by_name():
     c = dict(alpha=0.5, th=0.3, reset="zero", firing=">", decay_reset=False, per_neuron=False, steps=3, eps=0.4,
              gain=2.0, dyadic=False, depth=2, seed=1)

@@ -48,30 +48,41 @@ __all__ = [
     "MILPUnsupportedError", "MILPResult", "milp_verify", "milp_supported", "milp_limits", "box_search", "SLACK",
 ]
 
-_LIMITS = {"time_limit": 1.0, "max_binaries": 2000}
+_LIMITS: dict[str, float | int | None] = {"time_limit": 1.0, "max_binaries": 2000, "node_limit": None}
 
 
-def _check_limits(time_limit: float | None, max_binaries: int | None) -> None:
+def _check_limits(time_limit: float | None, max_binaries: int | None, node_limit: int | None = None) -> None:
     # `not x > 0` also refuses NaN; infinity stays allowed (no time limit)
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
                                    or not time_limit > 0):
         raise ValueError(f"milp time_limit must be > 0 seconds, got {time_limit!r}")
     if max_binaries is not None:
         check_int("milp max_binaries", max_binaries)
+    if node_limit is not None:
+        check_int("milp node_limit", node_limit, 1)
 
 
 @contextmanager
-def milp_limits(time_limit: float | None = None, max_binaries: int | None = None):
+def milp_limits(time_limit: float | None = None, max_binaries: int | None = None, node_limit: int | None = None):
     """Within the ``with`` block, :func:`~snn_robust.compute_bounds`'s ``milp`` stage (of
     ``milp``, ``best`` and ``best-full``) uses these limits: seconds per sample (all its
-    rows together; default 1) and the largest number of binaries a sample's encoding may
-    have (default 2000; a sample above it keeps the cheaper bound)."""
+    rows together; default 1), the largest number of binaries a sample's encoding may
+    have (default 2000; a sample above it keeps the cheaper bound) and the branch-and-bound
+    nodes per solve (default none).
+
+    A time limit makes the verified share depend on the machine's speed and load (a sample
+    decided in 0.9 s on an idle core times out on a busy one). For numbers that do not,
+    bound the work instead: ``milp_limits(time_limit=float("inf"), node_limit=N)``; HiGHS
+    runs one thread and its search is deterministic, so the same model, inputs and limits
+    give the same answer anywhere (``benchmarks/milp_completeness.py`` measures both)."""
     previous = dict(_LIMITS)
-    _check_limits(time_limit, max_binaries)
+    _check_limits(time_limit, max_binaries, node_limit)
     if time_limit is not None:
         _LIMITS["time_limit"] = float(time_limit)
     if max_binaries is not None:
         _LIMITS["max_binaries"] = int(max_binaries)
+    if node_limit is not None:
+        _LIMITS["node_limit"] = int(node_limit)
     try:
         yield dict(_LIMITS)
     finally:
@@ -168,15 +179,21 @@ def box_search(
     return found, best
 
 
-def _solve(model: MILPModel, cols: np.ndarray, coef: np.ndarray, base: float, seconds: float) -> tuple[str, np.ndarray | None]:
+def _solve(model: MILPModel, cols: np.ndarray, coef: np.ndarray, base: float, seconds: float,
+           nodes: int | None = None) -> tuple[str, np.ndarray | None]:
     """Is the model plus ``base + coef . x[cols] <= 0`` feasible? ``("infeasible", None)``,
-    ``("point", x)`` or ``("unknown", None)`` (time-out or failure). A feasibility problem:
-    the solver stops at its first point (no optimality proof to pay for)."""
+    ``("point", x)`` or ``("unknown", None)`` (time-out, node limit or failure). A feasibility
+    problem: the solver stops at its first point (no optimality proof to pay for)."""
     from scipy.optimize import milp
 
+    options: dict[str, float | int | bool] = {"presolve": True}
+    if np.isfinite(seconds):
+        options["time_limit"] = float(seconds)
+    if nodes is not None:
+        options["node_limit"] = int(nodes)
     res = milp(
         np.zeros(len(model.lo)), integrality=np.array(model.integer), bounds=(np.array(model.lo), np.array(model.hi)),
-        constraints=model.constraint(cols, coef, -base), options={"time_limit": float(seconds), "presolve": True},
+        constraints=model.constraint(cols, coef, -base), options=options,
     )
     if res.status == 2:
         return "infeasible", None
@@ -205,6 +222,7 @@ def milp_verify(
     ibp: IBPResult | None = None,
     time_limit: float | None = None,
     max_binaries: int | None = None,
+    node_limit: int | None = None,
     stop_early: bool = True,
     search: int = 50,
     falsify: bool = True,
@@ -217,7 +235,8 @@ def milp_verify(
     ``prior`` (``[B, S]``): sound lower bounds from cheaper methods (rounded to the grid);
     rows with ``prior > 0`` are not solved, and every returned bound is at least ``prior``.
     ``time_limit``: seconds per sample for all its rows (default :func:`milp_limits`'s);
-    ``max_binaries``: larger encodings are skipped. ``stop_early``: stop a sample at its first
+    ``max_binaries``: larger encodings are skipped; ``node_limit``: branch-and-bound nodes per
+    solve (a limit on work, not time: :func:`milp_limits`). ``stop_early``: stop a sample at its first
     row the MILP does not verify (the sample cannot be verified then; the remaining rows keep
     ``prior`` and the status ``"skipped"``), hardest rows (lowest ``prior``) first.
     ``search``: random corners tried by :func:`box_search` first (0: none); a row it breaks is
@@ -235,7 +254,7 @@ def milp_verify(
     if reason is not None:
         raise MILPUnsupportedError(reason)
     lower, upper = _validate(network, lower, upper, None, "milp")
-    _check_limits(time_limit, max_binaries)
+    _check_limits(time_limit, max_binaries, node_limit)
     T, B = lower.shape[:2]
     if not isinstance(spec, Tensor) or spec.dim() != 3 or spec.shape[0] != B or spec.shape[2] < 1:
         got = tuple(spec.shape) if isinstance(spec, Tensor) else type(spec).__name__
@@ -246,6 +265,7 @@ def milp_verify(
     check_all_finite((("milp spec", spec),) + ((("milp prior", prior),) if prior is not None else ()))
     time_limit = _LIMITS["time_limit"] if time_limit is None else time_limit
     max_binaries = _LIMITS["max_binaries"] if max_binaries is None else max_binaries
+    node_limit = _LIMITS["node_limit"] if node_limit is None else node_limit
     S = spec.shape[1]
     spec_np = spec.detach().double().cpu().numpy()
     if not np.array_equal(spec_np, np.round(spec_np)):
@@ -302,7 +322,7 @@ def milp_verify(
                 elif _falsified(network, lower, upper, b, inputs, np.zeros(len(model.lo)), c_row, result, s):
                     state = "falsified"
             else:
-                found, point = _solve(model, cols, obj[cols], base, left)
+                found, point = _solve(model, cols, obj[cols], base, left, node_limit)
                 if found == "infeasible":  # count >= 1 everywhere
                     state, proved = "verified", 1.0
                 elif point is not None and _falsified(network, lower, upper, b, inputs, point, c_row, result, s):
@@ -315,7 +335,7 @@ def milp_verify(
                     if exact is None and left > 0.01:
                         exact = encode(network, ibp, lower, upper, b, max_binaries, rounding=False)[0]
                     if exact is not None and left > 0.01:
-                        found, point = _solve(exact, cols, obj[cols], base, left)
+                        found, point = _solve(exact, cols, obj[cols], base, left, node_limit)
                         if found == "infeasible":
                             result.band_limited.add((b, int(s)))
                         elif point is not None and _falsified(network, lower, upper, b, inputs, point, c_row, result, s):
