@@ -184,6 +184,14 @@ VARIANTS.update({
     # on the session-7 default (the library's decay; run with --epochs 6 --ramp-epochs 1.8)
     "s7-decay@3": dict(lr_milestones=(3,)),  # the decay from epoch 3 of 6: the last half at a tenth
 })
+#: session 8, the CONV robust phase (run with --epochs 1 --ramp-epochs 0.4; the CONV recipes' scale 1):
+#: batch 64 instead of 128, twice the steps for the same epoch (a CONV step at 64 costs 0.39x the one at
+#: 128 on this CPU: benchmarks/robust_step.py --models conv --batch 64 / 128)
+VARIANTS.update({
+    "conv-b64": dict(bound_scale=1.0, batch_size=64),
+    # and on the FC recipe's phase (run with --epochs 6 --ramp-epochs 1.8)
+    "fc-b64": dict(batch_size=64),
+})
 
 #: Variant keys for training from scratch, handled by :func:`from_scratch` before the robust
 #: phase (which then runs as usual, with the same number of robust steps as fine-tuning):

@@ -349,9 +349,13 @@ def test_profile_overrides_apply_per_recipe():
     assert (nm.natural["optimizer"], nm.natural["lr"]) == ("adam", 1e-3)   # Adam 2e-3 did not train on N-MNIST
     fm = quick.for_recipe(RECIPES["fmnist-fc"])
     assert fm.natural["epochs"] == 8 and quick.for_recipe(RECIPES["mnist-fc"]).natural["epochs"] == 3
-    assert quick.for_recipe(RECIPES["fmnist-conv"]).natural["epochs"] == 2   # CONV overrides Fashion-MNIST
+    fc = quick.for_recipe(RECIPES["fmnist-conv"])  # its own entry overrides CONV's, which overrides Fashion-MNIST's
+    assert (fc.natural["epochs"], fc.natural["batch_size"], fc.robust["batch_size"]) == (5, 64, 64)
+    assert "batch_size" not in conv.natural and conv.robust["batch_size"] == 64
+    assert quick.for_recipe(RECIPES["mnist-fc"]).robust.get("batch_size", 128) == 128
     nc = quick.for_recipe(RECIPES["nmnist-conv"])  # N-MNIST's epochs (1000 recordings) override CONV's
     assert (nc.natural["epochs"], nc.natural["lr"], nc.robust["epochs"], nc.robust["bound_steps"]) == (80, 1e-3, 20, 3)
+    assert nc.robust["batch_size"] == 128 and nc.fmnist_conv == {}
     assert nc.n_test == 100 and nc.attack_iters == 5  # CONV's evaluation budget stays
 
 

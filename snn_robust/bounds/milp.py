@@ -72,9 +72,9 @@ def milp_limits(time_limit: float | None = None, max_binaries: int | None = None
 
     A time limit makes the verified share depend on the machine's speed and load (a sample
     decided in 0.9 s on an idle core times out on a busy one). For numbers that do not,
-    bound the work instead: ``milp_limits(time_limit=float("inf"), node_limit=N)``; HiGHS
-    runs one thread and its search is deterministic, so the same model, inputs and limits
-    give the same answer anywhere (``benchmarks/milp_completeness.py`` measures both)."""
+    bound the work instead: ``milp_limits(time_limit=float("inf"), node_limit=N)``. With
+    the clock out of the search, the same model, inputs and limits give the same answer at
+    any load (``benchmarks/milp_completeness.py`` measures both budgets)."""
     previous = dict(_LIMITS)
     _check_limits(time_limit, max_binaries, node_limit)
     if time_limit is not None:
