@@ -39,9 +39,6 @@ VARIANTS: dict[str, dict] = {
     "adam1e-3-cos1-bs32": dict(epochs=1, optimizer="adam", lr=1e-3, lr_schedule="cosine", warmup_epochs=0.1, batch_size=32),
     "adam2e-3-cos1-bs32": dict(epochs=1, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1, batch_size=32),
     "adam2e-3-cos5-bs64": dict(epochs=5, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1, batch_size=64),
-    "adam2e-3-cos2-bs64": dict(epochs=2, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1, batch_size=64),
-    "adam4e-3-cos1": dict(epochs=1, optimizer="adam", lr=4e-3, lr_schedule="cosine", warmup_epochs=0.1),
-    "adam2e-3-cos1-s10": dict(epochs=1, optimizer="adam", lr=2e-3, lr_schedule="cosine", warmup_epochs=0.1, clean_scale=10.0),
 }
 
 

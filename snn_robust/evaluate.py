@@ -286,7 +286,8 @@ def certified_error(
     once (``seeds`` ignored).
     """
     per_seed, n = [], 0
-    run_seeds = _certified_seeds(perturbation, seeds)
+    _check_perturbation(perturbation)
+    run_seeds = list(seeds) if perturbation.sampled else []
     # built (and so validated) before the bar; each draws its batches only when iterated
     streams = [certified_boxes(net, data, perturbation, steps, seed, batch_size=batch_size, max_samples=max_samples)
                for seed in run_seeds or [None]]
@@ -306,10 +307,9 @@ def certified_error(
     return summarize(per_seed, run_seeds, n, details)
 
 
-def _certified_seeds(perturbation: Perturbation, seeds: Sequence[int]) -> list[int]:
+def _check_perturbation(perturbation: Any) -> None:
     if not isinstance(perturbation, Perturbation):
         raise TypeError(f"perturbation must be an snn_robust Perturbation, got {type(perturbation).__name__}")
-    return list(seeds) if perturbation.sampled else []
 
 
 def certified_boxes(
@@ -330,7 +330,7 @@ def certified_boxes(
     run on exactly the boxes a reported certified error was computed on. ``seed`` is
     ignored (``None`` allowed) for a deterministic perturbation (:class:`~snn_robust.DirectLinf`).
     Bad arguments raise here, not at the first batch."""
-    _certified_seeds(perturbation, ())
+    _check_perturbation(perturbation)
     check_positive_int("batch_size", batch_size)
     coding = perturbation.coding(steps)
     _check_net(net, coding)

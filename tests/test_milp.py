@@ -332,6 +332,10 @@ def test_node_limit_is_a_deterministic_budget():
         for s, l in zip(row_s, row_l):
             assert s != "verified" or l == "verified"
     assert (large.lower >= small.lower).all()
+    with torch.no_grad():  # and both stay sound against the network's own forward pass
+        for x in sample_inside(lower, upper, 40, gen, True):
+            true = (spec * net(x).unsqueeze(1)).sum(-1)
+            assert (large.lower <= true + 1e-6).all() and (small.lower <= true + 1e-6).all()
     with M.milp_limits(time_limit=float("inf"), node_limit=10_000) as limits, torch.no_grad():
         assert limits["node_limit"] == 10_000
         first = sr.compute_bounds(net, lower, upper, labels, method="milp")
